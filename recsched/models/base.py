@@ -1,0 +1,131 @@
+"""The contract every servable model meets, built-in or brought by the user.
+
+A model takes `inputs: dict[str, Tensor]` where every tensor has the batch (item) dimension
+first, and returns scores `[B, out_dim]`. Rows are independent: scoring rows `[a, b)` alone
+gives the same scores as rows `[a, b)` of the whole batch. That is what lets the schedulers
+split and merge queries freely.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+Inputs = dict[str, torch.Tensor]
+
+
+class InputError(ValueError):
+    """A request's inputs do not match the model's input spec. The message names the input."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"input '{name}': {problem}")
+        self.input_name = name
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One named input tensor, per item (the batch dimension is not in `shape`).
+
+    kind `dense`: float features, must be finite.
+    kind `index`: integer ids in `[low, high)` (embedding rows, sequence lengths).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    kind: Literal["dense", "index"] = "dense"
+    low: int = 0
+    high: int | None = None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class ModelAdapter:
+    """A servable model: the module, its input spec, and a synthetic input maker.
+
+    `make_inputs(n, seed)` returns a dict of tensors with `n` rows, deterministic in `seed`.
+    Bring your own model by constructing one of these around any `nn.Module`.
+    """
+
+    name: str
+    module: nn.Module
+    inputs: tuple[InputSpec, ...]
+    make_inputs: Callable[[int, int], Inputs]
+    out_dim: int = 1
+    info: dict[str, object] = field(default_factory=dict)
+
+    def spec(self, name: str) -> InputSpec:
+        for s in self.inputs:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @torch.inference_mode()
+    def forward(self, inputs: Inputs) -> torch.Tensor:
+        return self.module(inputs)
+
+
+def validate_inputs(
+    specs: Sequence[InputSpec], inputs: Mapping[str, torch.Tensor], max_batch: int = 1 << 16
+) -> int:
+    """Check names, dtypes, shapes, index ranges and finiteness; return the batch size.
+
+    Raises `InputError` naming the first bad input. Cheap enough for every request.
+    """
+    names = {s.name for s in specs}
+    for extra in sorted(set(inputs) - names):
+        raise InputError(extra, "unexpected input (the model takes " + ", ".join(sorted(names)) + ")")
+    batch: int | None = None
+    for s in specs:
+        if s.name not in inputs:
+            raise InputError(s.name, "missing")
+        t = inputs[s.name]
+        if not isinstance(t, torch.Tensor):
+            raise InputError(s.name, f"expected a tensor, got {type(t).__name__}")
+        if t.dtype != s.dtype:
+            raise InputError(s.name, f"dtype {t.dtype} but the model expects {s.dtype}")
+        if t.dim() != 1 + len(s.shape) or tuple(t.shape[1:]) != s.shape:
+            raise InputError(s.name, f"shape {tuple(t.shape)} but the model expects [B, {', '.join(map(str, s.shape))}]".replace("[B, ]", "[B]"))
+        b = int(t.shape[0])
+        if batch is None:
+            batch = b
+        elif b != batch:
+            raise InputError(s.name, f"batch dimension {b} differs from the other inputs' {batch}")
+        if s.kind == "dense":
+            if t.numel() and not bool(torch.isfinite(t).all()):
+                raise InputError(s.name, "contains NaN or inf")
+        elif t.numel():
+            lo, hi = int(t.min()), int(t.max())
+            if lo < s.low or (s.high is not None and hi >= s.high):
+                raise InputError(s.name, f"index out of range [{s.low}, {s.high}): min {lo}, max {hi}")
+    assert batch is not None, "a model has at least one input"
+    if batch < 1:
+        raise InputError(specs[0].name, "batch of 0 items")
+    if batch > max_batch:
+        raise InputError(specs[0].name, f"batch of {batch} items exceeds the limit {max_batch}")
+    return batch
+
+
+def slice_rows(inputs: Mapping[str, torch.Tensor], start: int, stop: int) -> Inputs:
+    """Rows `[start, stop)` of every input (views, no copy)."""
+    return {k: v[start:stop] for k, v in inputs.items()}
+
+
+def concat_rows(parts: Sequence[Mapping[str, torch.Tensor]]) -> Inputs:
+    """Concatenate inputs along the batch dimension (a merged batch)."""
+    if len(parts) == 1:
+        return dict(parts[0])
+    return {k: torch.cat([p[k] for p in parts], dim=0) for k in parts[0]}
+
+
+def batch_size(inputs: Mapping[str, torch.Tensor]) -> int:
+    return int(next(iter(inputs.values())).shape[0])
