@@ -83,7 +83,8 @@ def validate_inputs(
     """
     names = {s.name for s in specs}
     for extra in sorted(set(inputs) - names):
-        raise InputError(extra, "unexpected input (the model takes " + ", ".join(sorted(names)) + ")")
+        takes = ", ".join(sorted(names))
+        raise InputError(extra, f"unexpected input (the model takes {takes})")
     batch: int | None = None
     for s in specs:
         if s.name not in inputs:
@@ -94,7 +95,8 @@ def validate_inputs(
         if t.dtype != s.dtype:
             raise InputError(s.name, f"dtype {t.dtype} but the model expects {s.dtype}")
         if t.dim() != 1 + len(s.shape) or tuple(t.shape[1:]) != s.shape:
-            raise InputError(s.name, f"shape {tuple(t.shape)} but the model expects [B, {', '.join(map(str, s.shape))}]".replace("[B, ]", "[B]"))
+            want = "[" + ", ".join(["B", *map(str, s.shape)]) + "]"
+            raise InputError(s.name, f"shape {list(t.shape)} but the model expects {want}")
         b = int(t.shape[0])
         if batch is None:
             batch = b
@@ -106,7 +108,8 @@ def validate_inputs(
         elif t.numel():
             lo, hi = int(t.min()), int(t.max())
             if lo < s.low or (s.high is not None and hi >= s.high):
-                raise InputError(s.name, f"index out of range [{s.low}, {s.high}): min {lo}, max {hi}")
+                bounds = f"[{s.low}, {s.high})"
+                raise InputError(s.name, f"index out of range {bounds}: min {lo}, max {hi}")
     assert batch is not None, "a model has at least one input"
     if batch < 1:
         raise InputError(specs[0].name, "batch of 0 items")

@@ -1,0 +1,94 @@
+"""Frozen configuration dataclasses, loadable from TOML.
+
+`EngineConfig` is everything the engine and the tuner agree on: how queries are cut into
+batches (request level), how batches' operators are placed (operator level), and the lanes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REQUEST_POLICIES = ("whole", "split", "dynamic", "tuned")
+OPERATOR_POLICIES = ("sequential", "roundrobin", "opstream")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """One serving configuration.
+
+    request: whole | split | dynamic | tuned (tuned = dynamic with tuner-chosen knobs).
+    batch_size: B for split/dynamic. merge_delay_ms: the most a small query waits to be merged.
+    offload_threshold: queries with n_items >= T go to accelerator lanes (None: never).
+    operator: sequential | roundrobin | opstream. lanes / threads_per_lane: CPU lanes.
+    granularity: coarse | fine operator graphs (operator policies other than sequential).
+    """
+
+    request: str = "whole"
+    batch_size: int = 64
+    merge_delay_ms: float = 1.0
+    offload_threshold: int | None = None
+    operator: str = "sequential"
+    lanes: int = 2
+    threads_per_lane: int = 1
+    accel_lanes: int = 0
+    granularity: str = "coarse"
+    queue_capacity: int = 4096
+    opstream: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.request not in REQUEST_POLICIES:
+            raise ValueError(f"unknown request policy {self.request!r}; one of {REQUEST_POLICIES}")
+        if self.operator not in OPERATOR_POLICIES:
+            raise ValueError(
+                f"unknown operator policy {self.operator!r}; one of {OPERATOR_POLICIES}"
+            )
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if self.merge_delay_ms < 0:
+            raise ValueError("merge_delay_ms must be >= 0")
+        if self.lanes < 1 or self.threads_per_lane < 1:
+            raise ValueError("lanes and threads_per_lane must be >= 1")
+        if self.offload_threshold is not None and self.offload_threshold < 1:
+            raise ValueError("offload_threshold must be >= 1")
+        if self.granularity not in ("coarse", "fine"):
+            raise ValueError("granularity is coarse or fine")
+        if self.queue_capacity < 1:
+            raise ValueError("queue_capacity must be >= 1")
+
+    def replace(self, **changes: Any) -> EngineConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "baseline": {"request": "whole", "operator": "sequential"},
+    "split": {"request": "split", "operator": "sequential"},
+    "dynamic": {"request": "dynamic", "operator": "sequential"},
+    "deeprecsched": {"request": "tuned", "operator": "sequential"},
+    "roundrobin": {"request": "tuned", "operator": "roundrobin"},
+    "opstream": {"request": "tuned", "operator": "opstream"},
+}
+
+
+def preset(name: str, **overrides: Any) -> EngineConfig:
+    """The configuration a preset names (`baseline`, `deeprecsched`, `opstream`, ...)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; one of {', '.join(PRESETS)}")
+    return EngineConfig(**{**PRESETS[name], **overrides})
+
+
+def load_config(path: str | Path) -> EngineConfig:
+    """An EngineConfig from a TOML file (keys as the dataclass fields; `preset` allowed)."""
+    data = tomllib.loads(Path(path).read_text())
+    name = data.pop("preset", None)
+    known = {f.name for f in dataclasses.fields(EngineConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    return preset(name, **data) if name else EngineConfig(**data)

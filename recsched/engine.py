@@ -1,0 +1,356 @@
+"""The serving engine: queue -> request policy -> operator policy -> lanes -> completions.
+
+There is no scheduler thread. A scheduling step runs under one lock in whichever thread
+brought news: `submit` (a new query), a lane (a finished task) or the timer (a merge delay
+expired). A step asks the request policy for batches, gives them to the operator policy, and
+issues the tasks it returns to lanes. Lanes do the tensor work (gather rows, run the model or
+some operators, scatter scores) outside the lock. Futures are resolved outside the lock too.
+
+    with Engine(load_model("rmc1"), preset("dynamic")) as eng:
+        scores = eng.submit(Query(0, "rmc1", n), inputs).result()   # [n, out_dim]
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from recsched.clock import Clock, WallClock
+from recsched.config import EngineConfig
+from recsched.lanes.base import Lane
+from recsched.lanes.cpu import CpuLane
+from recsched.models.base import Inputs, ModelAdapter, concat_rows, slice_rows, validate_inputs
+from recsched.sched.operator import Cost, OperatorPolicy, make_operator_policy
+from recsched.sched.request import RequestPolicy
+from recsched.types import Batch, LaneKind, LaneResult, Query, QueryResult, Task
+
+
+class EngineError(RuntimeError):
+    """Base of the errors a query's future can fail with."""
+
+
+class QueueFull(EngineError):
+    """Rejected at once: the engine holds `queue_capacity` unfinished queries."""
+
+
+class EngineClosed(EngineError):
+    """Rejected: the engine is shutting down or stopped."""
+
+
+class QueryFailed(EngineError):
+    """The work for this query failed on a lane; the message carries the lane's error."""
+
+
+@dataclass
+class _QueryState:
+    query: Query
+    inputs: Inputs
+    future: Future
+    left: int
+    outs: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class _BatchState:
+    batch: Batch
+    sources: list[Inputs]
+    env: dict | None = None
+    output: torch.Tensor | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+class Engine:
+    """Serves one model under one `EngineConfig`. Thread-safe `submit`; a context manager."""
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        config: EngineConfig | None = None,
+        *,
+        clock: Clock | None = None,
+        cost: Cost | None = None,
+        graph=None,
+        validate: bool = True,
+        on_complete: Callable[[QueryResult], None] | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.config = config = config or EngineConfig()
+        self.clock = clock or WallClock()
+        self.validate = validate
+        self.on_complete = on_complete
+        if config.offload_threshold is not None and not cuda_available():
+            raise ValueError(
+                "offload_threshold needs a CUDA device, and torch.cuda.is_available() is False "
+                "on this machine; leave the threshold unset to serve on CPU lanes"
+            )
+        self.graph = graph
+        if config.operator != "sequential" and graph is None:
+            from recsched.graph import build_graph
+
+            self.graph = build_graph(adapter, config.granularity)
+        kinds: list[LaneKind] = ["cpu"] * config.lanes
+        if config.offload_threshold is not None:
+            kinds += ["accel"] * max(1, config.accel_lanes)
+        self.lanes: list[Lane] = [self._make_lane(i, k) for i, k in enumerate(kinds)]
+        self.request_policy = RequestPolicy(
+            config.request, config.batch_size, config.merge_delay_ms / 1e3, config.offload_threshold
+        )
+        self.operator_policy: OperatorPolicy = make_operator_policy(
+            config.operator,
+            kinds,
+            cost,
+            self.graph.info if self.graph is not None else None,
+            **config.opstream,
+        )
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._queries: dict[int, _QueryState] = {}
+        self._batches: dict[int, _BatchState] = {}
+        self._wake_at: float | None = None
+        self._open = False
+        self._stopped = False
+        self._aborted = False
+        self.submitted = 0
+        self.rejected = 0
+        self.completed = 0
+        self.failed = 0
+        self._timer = threading.Thread(target=self._timer_loop, name="recsched-timer", daemon=True)
+        self.started_s: float | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def _make_lane(self, index: int, kind: LaneKind) -> Lane:
+        if kind == "cpu":
+            return CpuLane(index, self.config.threads_per_lane, self._on_lane_done, self.clock)
+        from recsched.lanes.cuda import CudaLane  # pragma: no cover - needs a GPU
+
+        return CudaLane(index, self._on_lane_done, self.clock)  # pragma: no cover
+
+    def start(self) -> Engine:
+        assert not self._open and not self._stopped, "an engine starts once"
+        for lane in self.lanes:
+            lane.start()
+        self._open = True
+        self.started_s = self.clock.now()
+        self._timer.start()
+        return self
+
+    def close(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Refuse new queries; with `drain`, wait for every accepted query to finish."""
+        with self._cv:
+            self._open = False
+            if drain:
+                self._cv.wait_for(lambda: not self._queries, timeout)
+            self._stopped = True
+            self._cv.notify_all()
+        for lane in self.lanes:
+            lane.stop(timeout=5.0)
+        self._timer.join(timeout=1.0)
+
+    def abort(self, reason: str = "aborted") -> int:
+        """Refuse new queries and fail every unfinished one at once (queued work is skipped).
+
+        Returns how many queries were failed. Used by benchmarks that give up on a backlog.
+        """
+        done: list[_QueryState] = []
+        with self._cv:
+            self._open = False
+            self._aborted = True
+            for qs in self._queries.values():
+                qs.error = reason
+                done.append(qs)
+            self._queries.clear()
+            self._cv.notify_all()
+        self._resolve(done, self.clock.now())
+        return len(done)
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close(drain=True)
+
+    # -- the API -------------------------------------------------------------------------
+    def submit(self, query: Query, inputs: Inputs) -> Future:
+        """Accept a query; its future yields scores `[n_items, out_dim]` in item order.
+
+        Never blocks on a full queue: the future fails at once with `QueueFull`.
+        """
+        fut: Future = Future()
+        if self.validate:
+            n = validate_inputs(self.adapter.inputs, inputs)
+            if n != query.n_items:
+                raise ValueError(f"query {query.qid} says {query.n_items} items, inputs hold {n}")
+        with self._lock:
+            if not self._open:
+                fut.set_exception(EngineClosed("the engine is not accepting queries"))
+                self.rejected += 1
+                return fut
+            if len(self._queries) >= self.config.queue_capacity:
+                self.rejected += 1
+                fut.set_exception(QueueFull(f"{len(self._queries)} queries pending; rejected"))
+                return fut
+            if query.qid in self._queries:
+                raise ValueError(f"query id {query.qid} is already in flight")
+            self._queries[query.qid] = _QueryState(query, inputs, fut, query.n_items)
+            self.submitted += 1
+            self.request_policy.push(query, self.clock.now())
+            issue = self._step_locked()
+        self._issue(issue)
+        return fut
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queries)
+
+    # -- scheduling ------------------------------------------------------------------------
+    def _step_locked(self) -> list[tuple[Task, _BatchState]]:
+        """One scheduling step; returns the tasks to hand to lanes once the lock is dropped."""
+        if self._aborted:
+            return []
+        now = self.clock.now()
+        op = self.operator_policy
+        plan = self.request_policy.schedule(now, op.idle_lanes("cpu"))
+        for b in plan.batches:
+            qs = self._queries
+            srcs = [slice_rows(qs[p.qid].inputs, p.start, p.stop) for p in b.parts]
+            self._batches[b.bid] = _BatchState(b, srcs)
+            op.add(b, now)
+        tasks = op.schedule(now)
+        if plan.wake_at != self._wake_at:
+            self._wake_at = plan.wake_at
+            self._cv.notify_all()
+        return [(t, self._batches[t.bid]) for t in tasks]
+
+    def _issue(self, issue: list[tuple[Task, _BatchState]]) -> None:
+        for task, bs in issue:
+            self.lanes[task.lane].submit(task, self._work(task, bs))
+
+    def _timer_loop(self) -> None:
+        with self._cv:
+            while not self._stopped:
+                wake = self._wake_at
+                now = self.clock.now()
+                if wake is None or wake > now:
+                    self._cv.wait(None if wake is None else wake - now)
+                    continue
+                self._wake_at = None
+                issue = self._step_locked()
+                if issue:
+                    self._cv.release()
+                    try:
+                        self._issue(issue)
+                    finally:
+                        self._cv.acquire()
+
+    # -- lane side ---------------------------------------------------------------------------
+    @staticmethod
+    def _gather(bs: _BatchState) -> Inputs:
+        return concat_rows(bs.sources)
+
+    def _work(self, task: Task, bs: _BatchState) -> Callable[[], None]:
+        if task.ops is None:
+
+            def run_whole() -> None:
+                if self._aborted:
+                    return
+                bs.output = self.adapter.module(self._gather(bs))
+
+            return run_whole
+        graph = self.graph
+
+        def run_ops() -> None:
+            if self._aborted:
+                return
+            with bs.lock:
+                if bs.env is None:
+                    bs.env = graph.new_env(self._gather(bs))
+            graph.run_ops(bs.env, task.ops, task.rows)
+
+        return run_ops
+
+    def _on_lane_done(self, result: LaneResult) -> None:
+        done: list[_QueryState] = []
+        with self._lock:
+            finished = self.operator_policy.update([result], result.end_s)
+            if result.error is not None:
+                self._fail_batch(self._batches[result.bid], result.error, done)
+            for bid in finished:
+                bs = self._batches.pop(bid)
+                if (
+                    bs.output is None
+                    and bs.env is not None
+                    and result.error is None
+                    and not self._aborted
+                ):
+                    bs.output = self.graph.output(bs.env)
+                self._scatter(bs, result, done)
+            issue = self._step_locked()
+            if not self._queries:
+                self._cv.notify_all()
+        self._issue(issue)
+        self._resolve(done, result.end_s)
+
+    def _fail_batch(self, bs: _BatchState, error: str, done: list[_QueryState]) -> None:
+        for p in bs.batch.parts:
+            qs = self._queries.get(p.qid)
+            if qs is not None and qs.error is None:
+                qs.error = error
+                del self._queries[p.qid]
+                done.append(qs)
+
+    def _scatter(self, bs: _BatchState, result: LaneResult, done: list[_QueryState]) -> None:
+        offset = 0
+        for p in bs.batch.parts:
+            qs = self._queries.get(p.qid)
+            if qs is not None and bs.output is not None:
+                qs.outs.append((p.start, bs.output[offset : offset + p.size]))
+                qs.left -= p.size
+                assert qs.left >= 0, "an item was scored twice"
+                if qs.left == 0:
+                    del self._queries[p.qid]
+                    done.append(qs)
+            offset += p.size
+        assert bs.output is None or offset == bs.output.shape[0], "batch output rows mismatch"
+
+    def _resolve(self, done: list[_QueryState], now: float) -> None:
+        for qs in done:
+            q = qs.query
+            if qs.error is not None:
+                self.failed += 1
+                qs.future.set_exception(QueryFailed(f"query {q.qid}: {qs.error}"))
+            else:
+                outs = sorted(qs.outs, key=lambda o: o[0])
+                scores = outs[0][1] if len(outs) == 1 else torch.cat([o for _, o in outs])
+                self.completed += 1
+                qs.future.set_result(scores)
+            if self.on_complete is not None:
+                self.on_complete(QueryResult(q.qid, q.cls, q.n_items, q.arrival_s, now, qs.error))
+
+    # -- reporting ------------------------------------------------------------------------
+    def lane_utilization(self, since: float | None = None) -> list[float]:
+        """Busy fraction of each lane since `since` (default: engine start)."""
+        t0 = self.started_s if since is None else since
+        span = max(1e-9, self.clock.now() - (t0 or 0.0))
+        return [min(1.0, lane.stats.busy_s / span) for lane in self.lanes]
+
+    def stats(self) -> dict:
+        return {
+            "submitted": self.submitted,
+            "completed": self.completed,
+            "rejected": self.rejected,
+            "failed": self.failed,
+            "pending": self.pending(),
+            "lanes": [
+                {"lane": s.lane, "kind": s.kind, "busy_s": s.busy_s, "tasks": s.tasks}
+                for s in (lane.stats for lane in self.lanes)
+            ],
+        }

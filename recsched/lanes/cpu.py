@@ -1,0 +1,79 @@
+"""CPU lanes: one worker thread per lane, each with its own intra-op thread count.
+
+Threads, not processes: torch releases the GIL inside operators, and a thread lane shares the
+model's weights and hands tensors over without copies. `benchmarks/lanes_threads_vs_procs.py`
+holds the measurement behind this choice (BENCHMARKS.md). `torch.set_num_threads` called in
+a worker thread sets that thread's OpenMP team size only, so lanes x threads_per_lane can be
+sized to the cores without oversubscription.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import traceback
+
+import torch
+
+from recsched.clock import Clock, WallClock
+from recsched.lanes.base import OnDone, Work
+from recsched.types import LaneKind, LaneResult, LaneStats, Task
+
+_STOP = object()
+
+
+class CpuLane:
+    """A worker thread running submitted work in order and reporting each result."""
+
+    kind: LaneKind = "cpu"
+
+    def __init__(self, index: int, threads: int, on_done: OnDone, clock: Clock | None = None):
+        assert threads >= 1
+        self.index = index
+        self.threads = threads
+        self.on_done = on_done
+        self.clock = clock or WallClock()
+        self.stats = LaneStats(index, "cpu")
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._run, name=f"recsched-lane-{index}", daemon=True
+        )
+        self.current: Task | None = None
+        self.current_since: float | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, task: Task, work: Work) -> None:
+        assert task.lane == self.index, "task given to the wrong lane"
+        self._q.put((task, work))
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._q.put(_STOP)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        torch.set_num_threads(self.threads)
+        clock = self.clock
+        while True:
+            item = self._q.get()
+            if item is _STOP:
+                return
+            task, work = item
+            start = clock.now()
+            self.current, self.current_since = task, start
+            error = None
+            try:
+                with torch.inference_mode():
+                    work()
+            except Exception as exc:  # reported to the engine, which fails the batch's queries
+                error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+            end = clock.now()
+            self.current, self.current_since = None, None
+            self.stats.busy_s += end - start
+            self.stats.tasks += 1
+            self.on_done(LaneResult(task.tid, task.bid, self.index, start, end, error))

@@ -1,0 +1,138 @@
+"""Operator-level policies: which lane runs which work of which batch.
+
+The seam (habit 1): `policy.add(batch, now)` when the request level emits a batch,
+`tasks = policy.schedule(now)` to get work to issue, and `done = policy.update(results, now)`
+when lanes report, returning the batches that finished. Pure: no tensors, no threads, no
+wall clock; costs come from a `CostModel`-like object (`op_s(op, batch)`, `whole_s(batch)`).
+
+`sequential` is the baseline: a batch runs its whole model on one lane, first come first
+served. `roundrobin` and `opstream` (recsched.sched.opstream) schedule operators instead.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Sequence
+from itertools import count
+from typing import Protocol
+
+from recsched.types import Batch, LaneKind, LaneResult, Task
+
+
+class Cost(Protocol):
+    """What policies need to know of costs (recsched.graph.cost.CostModel provides it)."""
+
+    def op_s(self, op: int, batch: int) -> float: ...
+
+    def whole_s(self, batch: int) -> float: ...
+
+
+class OperatorPolicy(ABC):
+    """Base class: lanes are numbered 0..n-1, each CPU or accelerator."""
+
+    name = "base"
+
+    def __init__(self, lane_kinds: Sequence[LaneKind], cost: Cost | None = None) -> None:
+        assert lane_kinds, "at least one lane"
+        self.lane_kinds = tuple(lane_kinds)
+        self.cost = cost
+        self._tids = count()
+        self.batches_in = 0
+        self.batches_done = 0
+
+    @abstractmethod
+    def add(self, batch: Batch, now: float) -> None: ...
+
+    @abstractmethod
+    def schedule(self, now: float) -> list[Task]: ...
+
+    @abstractmethod
+    def update(self, results: Sequence[LaneResult], now: float) -> list[int]: ...
+
+    @abstractmethod
+    def idle_lanes(self, kind: LaneKind = "cpu") -> int:
+        """Lanes of this kind with nothing issued and nothing queued for them."""
+
+    @abstractmethod
+    def queued(self) -> int:
+        """Batches accepted but not finished."""
+
+    def lanes_of(self, kind: LaneKind) -> list[int]:
+        return [i for i, k in enumerate(self.lane_kinds) if k == kind]
+
+    def check_invariants(self) -> None:
+        assert self.batches_done <= self.batches_in
+
+
+class Sequential(OperatorPolicy):
+    """A batch runs its whole model on one lane; batches wait FIFO per lane kind."""
+
+    name = "sequential"
+
+    def __init__(self, lane_kinds: Sequence[LaneKind], cost: Cost | None = None) -> None:
+        super().__init__(lane_kinds, cost)
+        self._fifo: dict[str, deque[Batch]] = {"cpu": deque(), "accel": deque()}
+        self._free: dict[str, deque[int]] = {
+            k: deque(self.lanes_of(k)) for k in ("cpu", "accel")  # type: ignore[arg-type]
+        }
+        self._running: dict[int, Task] = {}
+        self._sizes: dict[int, int] = {}
+
+    def add(self, batch: Batch, now: float) -> None:
+        kind = batch.lane_kind if self.lanes_of(batch.lane_kind) else "cpu"
+        self._fifo[kind].append(batch)
+        self._sizes[batch.bid] = batch.size
+        self.batches_in += 1
+
+    def schedule(self, now: float) -> list[Task]:
+        tasks: list[Task] = []
+        for kind, fifo in self._fifo.items():
+            free = self._free[kind]
+            while fifo and free:
+                b = fifo.popleft()
+                pred = self.cost.whole_s(b.size) if self.cost else 0.0
+                t = Task(next(self._tids), b.bid, free.popleft(), None, None, pred)
+                self._running[t.tid] = t
+                tasks.append(t)
+        self.check_invariants()
+        return tasks
+
+    def update(self, results: Sequence[LaneResult], now: float) -> list[int]:
+        done = []
+        for r in results:
+            t = self._running.pop(r.tid)
+            assert t.lane == r.lane and t.bid == r.bid
+            self._free[self.lane_kinds[r.lane]].append(r.lane)
+            del self._sizes[r.bid]
+            done.append(r.bid)
+        self.batches_done += len(done)
+        self.check_invariants()
+        return done
+
+    def idle_lanes(self, kind: LaneKind = "cpu") -> int:
+        return max(0, len(self._free[kind]) - len(self._fifo[kind]))
+
+    def queued(self) -> int:
+        return len(self._sizes)
+
+    def check_invariants(self) -> None:
+        super().check_invariants()
+        busy = {t.lane for t in self._running.values()}
+        assert len(busy) == len(self._running), "a lane runs one task at a time"
+        for kind in ("cpu", "accel"):
+            assert not busy & set(self._free[kind]), "a busy lane is not free"
+        assert self.batches_in - self.batches_done == len(self._sizes)
+
+
+def make_operator_policy(
+    name: str, lane_kinds: Sequence[LaneKind], cost: Cost | None = None, graph=None, **options
+) -> OperatorPolicy:
+    """Build an operator policy by name (`sequential`, `roundrobin`, `opstream`)."""
+    if name == "sequential":
+        return Sequential(lane_kinds, cost)
+    if name in ("roundrobin", "opstream"):
+        from recsched.sched import opstream
+
+        return opstream.make(name, lane_kinds, cost, graph, **options)
+    raise ValueError(f"unknown operator policy {name!r}")

@@ -1,0 +1,145 @@
+"""Request-level policies: how queries are cut into batches, and which lanes they go to.
+
+Pure state machines with time passed in (habit 1 and 6 of DESIGN.md):
+`policy.push(query, now)`, then `plan = policy.schedule(now, idle_lanes)`. The policy never
+sees a tensor; a batch is a list of row ranges of queries (`Part`).
+
+- `whole`: one batch per query.
+- `split`: fixed batch size B; a query of n items becomes ceil(n / B) batches.
+- `dynamic` (and `tuned`, whose knobs come from the tuner): queries larger than B are cut into
+  full batches of B at once; the remainders and small queries wait in a merge buffer and leave
+  as one batch when it holds B items, when its oldest item has waited `merge_delay_s`, or at
+  once when a lane is idle (work-conserving, like Triton's dynamic batcher with an idle
+  instance).
+- Offload: with a threshold T, a query of n >= T items goes whole to the accelerator lanes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from itertools import count
+
+from recsched.types import Batch, Part, Query
+
+
+@dataclass
+class RequestPlan:
+    """Batches to hand to the operator level now, and when to be asked again."""
+
+    batches: list[Batch] = field(default_factory=list)
+    wake_at: float | None = None
+
+
+@dataclass
+class _Waiting:
+    query: Query
+    start: int
+    since: float
+
+
+def chunks(n: int, size: int) -> list[tuple[int, int]]:
+    """Row ranges `[a, b)` cutting n rows into pieces of at most `size`."""
+    assert n >= 1 and size >= 1
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+class RequestPolicy:
+    """One request policy; `mode` is whole | split | dynamic | tuned."""
+
+    def __init__(
+        self,
+        mode: str = "whole",
+        batch_size: int = 64,
+        merge_delay_s: float = 0.001,
+        offload_threshold: int | None = None,
+    ) -> None:
+        assert mode in ("whole", "split", "dynamic", "tuned"), mode
+        assert batch_size >= 1 and merge_delay_s >= 0
+        self.mode = "dynamic" if mode == "tuned" else mode
+        self.batch_size = batch_size
+        self.merge_delay_s = merge_delay_s
+        self.offload_threshold = offload_threshold
+        self._ready: list[Batch] = []
+        self._buffer: deque[_Waiting] = deque()
+        self._buffered_items = 0
+        self._ids = count()
+        self.items_in = 0
+        self.items_out = 0
+
+    # -- state -------------------------------------------------------------------------
+    def push(self, q: Query, now: float) -> None:
+        """Accept a query. Whole/split/offloaded work is cut at once; the rest may wait."""
+        assert q.n_items >= 1
+        self.items_in += q.n_items
+        if self.offload_threshold is not None and q.n_items >= self.offload_threshold:
+            self._emit([Part(q.qid, 0, q.n_items)], now, (q,), "accel")
+        elif self.mode == "whole":
+            self._emit([Part(q.qid, 0, q.n_items)], now, (q,))
+        elif self.mode == "split":
+            for a, b in chunks(q.n_items, self.batch_size):
+                self._emit([Part(q.qid, a, b)], now, (q,))
+        else:
+            full = (q.n_items // self.batch_size) * self.batch_size
+            for a, b in chunks(full, self.batch_size) if full else []:
+                self._emit([Part(q.qid, a, b)], now, (q,))
+            if full < q.n_items:
+                self._buffer.append(_Waiting(q, full, now))
+                self._buffered_items += q.n_items - full
+
+    def schedule(self, now: float, idle_lanes: int = 0) -> RequestPlan:
+        """Batches ready now. `idle_lanes`: CPU lanes with nothing to do (flush the buffer)."""
+        if self._buffer:
+            expired = now - self._buffer[0].since >= self.merge_delay_s
+            while self._buffered_items >= self.batch_size:
+                self._flush(now, self.batch_size)
+            if self._buffer and (expired or idle_lanes > 0):
+                self._flush(now, self._buffered_items)
+        plan = RequestPlan(self._ready, None)
+        self._ready = []
+        if self._buffer:
+            plan.wake_at = self._buffer[0].since + self.merge_delay_s
+        self.check_invariants()
+        return plan
+
+    def pending_items(self) -> int:
+        """Items accepted but not yet in a batch."""
+        return self._buffered_items + sum(b.size for b in self._ready)
+
+    # -- internals ---------------------------------------------------------------------
+    def _flush(self, now: float, items: int) -> None:
+        """Take `items` rows off the front of the merge buffer into one batch."""
+        parts: list[Part] = []
+        queries: list[Query] = []
+        left = min(items, self.batch_size)
+        while left > 0 and self._buffer:
+            w = self._buffer[0]
+            take = min(left, w.query.n_items - w.start)
+            parts.append(Part(w.query.qid, w.start, w.start + take))
+            queries.append(w.query)
+            left -= take
+            self._buffered_items -= take
+            if w.start + take == w.query.n_items:
+                self._buffer.popleft()
+            else:
+                w.start += take
+        self._emit(parts, now, tuple(queries))
+
+    def _emit(self, parts: list[Part], now: float, queries: tuple[Query, ...], kind="cpu") -> None:
+        b = Batch(
+            bid=next(self._ids),
+            parts=tuple(parts),
+            lane_kind=kind,
+            created_s=now,
+            value=max(q.value for q in queries),
+            deadline_s=min(q.deadline_s for q in queries),
+        )
+        self.items_out += b.size
+        self._ready.append(b)
+
+    def check_invariants(self) -> None:
+        assert self._buffered_items == sum(w.query.n_items - w.start for w in self._buffer)
+        assert self.items_in == self.items_out + self._buffered_items
+        for b in self._ready:
+            assert b.size >= 1
+            assert self.mode != "split" or b.lane_kind == "accel" or b.size <= self.batch_size

@@ -1,0 +1,135 @@
+"""The engine end to end on a tiny model: scores in item order, rejection, failures, drain."""
+
+import threading
+from concurrent.futures import wait
+
+import pytest
+import torch
+from torch import nn
+
+from recsched.config import EngineConfig
+from recsched.engine import Engine, EngineClosed, QueryFailed, QueueFull
+from recsched.models.base import InputSpec, ModelAdapter
+from recsched.types import Query
+
+
+class Tiny(nn.Module):
+    """scores[B, 1] = sigmoid(linear(dense[B, 4]) + emb(idx[B]))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.lin = nn.Linear(4, 1)
+        self.emb = nn.Embedding(10, 1)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(1, 4, generator=g))
+            self.emb.weight.copy_(torch.randn(10, 1, generator=g))
+
+    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.sigmoid(self.lin(x["dense"]) + self.emb(x["idx"]))
+
+
+def tiny_adapter() -> ModelAdapter:
+    def make(n: int, seed: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        return {
+            "dense": torch.randn(n, 4, generator=g),
+            "idx": torch.randint(0, 10, (n,), generator=g),
+        }
+
+    specs = (
+        InputSpec("dense", (4,), torch.float32),
+        InputSpec("idx", (), torch.int64, "index", 0, 10),
+    )
+    return ModelAdapter("tiny", Tiny().eval(), specs, make, 1)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        EngineConfig(request="whole"),
+        EngineConfig(request="split", batch_size=3),
+        EngineConfig(request="dynamic", batch_size=8, merge_delay_ms=2.0),
+        EngineConfig(request="dynamic", batch_size=5, merge_delay_ms=0.0, lanes=1),
+    ],
+)
+def test_scores_match_eager_in_item_order(cfg):
+    ad = tiny_adapter()
+    sizes = [1, 7, 13, 2, 30, 5, 1, 9]
+    inputs = [ad.make_inputs(n, i) for i, n in enumerate(sizes)]
+    with Engine(ad, cfg) as eng:
+        futs = [eng.submit(Query(i, "tiny", n), x) for i, (n, x) in enumerate(zip(sizes, inputs))]
+        wait(futs, timeout=10)
+    with torch.inference_mode():
+        for f, x, n in zip(futs, inputs, sizes):
+            got = f.result()
+            assert got.shape == (n, 1)
+            torch.testing.assert_close(got, ad.module(x))
+    assert eng.completed == len(sizes) and eng.rejected == 0
+
+
+class Gated(nn.Module):
+    """Tiny, but each forward waits for a gate: lets a test hold a lane busy."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.gate = threading.Event()
+
+    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        assert self.gate.wait(10), "gate never opened"
+        return self.inner(x)
+
+
+def test_bounded_queue_rejects_at_once():
+    ad = tiny_adapter()
+    ad.module = Gated(ad.module)
+    x = ad.make_inputs(1, 0)
+    with Engine(ad, EngineConfig(request="whole", lanes=1, queue_capacity=2)) as eng:
+        held = [eng.submit(Query(i, "tiny", 1), x) for i in (1, 2)]  # one runs, one waits
+        extra = eng.submit(Query(3, "tiny", 1), x)
+        assert isinstance(extra.exception(timeout=1), QueueFull)
+        assert eng.rejected == 1 and not any(f.done() for f in held)
+        ad.module.gate.set()
+    assert all(f.result(timeout=5).shape == (1, 1) for f in held)
+
+
+def test_closed_engine_refuses_and_validation_names_input():
+    ad = tiny_adapter()
+    eng = Engine(ad, EngineConfig())
+    with eng:
+        bad = {"dense": torch.randn(2, 4), "idx": torch.tensor([1, 99])}
+        with pytest.raises(ValueError, match="idx"):
+            eng.submit(Query(0, "tiny", 2), bad)
+    f = eng.submit(Query(1, "tiny", 1), ad.make_inputs(1, 0))
+    assert isinstance(f.exception(timeout=1), EngineClosed)
+
+
+def test_failure_on_a_lane_fails_the_query_and_engine_keeps_serving():
+    ad = tiny_adapter()
+    with Engine(ad, EngineConfig(lanes=1), validate=False) as eng:
+        bad = {"dense": torch.randn(2, 4), "idx": torch.tensor([1, 99])}  # out of range
+        f = eng.submit(Query(0, "tiny", 2), bad)
+        assert isinstance(f.exception(timeout=5), QueryFailed)
+        g = eng.submit(Query(1, "tiny", 3), ad.make_inputs(3, 1))
+        assert g.result(timeout=5).shape == (3, 1)
+    assert eng.failed == 1
+
+
+def test_offload_refused_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(ValueError, match="CUDA"):
+        Engine(tiny_adapter(), EngineConfig(offload_threshold=100))
+
+
+def test_abort_fails_pending_queries():
+    ad = tiny_adapter()
+    ad.module = Gated(ad.module)
+    eng = Engine(ad, EngineConfig(request="dynamic", merge_delay_ms=60_000, lanes=1)).start()
+    x = ad.make_inputs(1, 0)
+    futs = [eng.submit(Query(i, "tiny", 1), x) for i in range(4)]  # 1 runs, 3 wait to merge
+    assert eng.abort("gave up") == 4
+    ad.module.gate.set()
+    eng.close()
+    assert all(isinstance(f.exception(timeout=1), Exception) for f in futs)

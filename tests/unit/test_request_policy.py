@@ -1,0 +1,97 @@
+"""Request policies pinned with explicit times (no wall clock)."""
+
+import pytest
+
+from recsched.sched.request import RequestPolicy, chunks
+from recsched.types import Part, Query
+
+
+def q(qid: int, n: int, t: float = 0.0, value: float = 1.0) -> Query:
+    return Query(qid, "m", n, value=value, arrival_s=t, deadline_s=t + 1.0)
+
+
+def parts(plan):
+    return [b.parts for b in plan.batches]
+
+
+def test_chunks_cover_rows_once():
+    assert chunks(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert chunks(4, 4) == [(0, 4)]
+    assert chunks(1, 64) == [(0, 1)]
+
+
+def test_whole_is_one_batch_per_query():
+    p = RequestPolicy("whole")
+    p.push(q(1, 300), 0.0)
+    p.push(q(2, 5), 0.0)
+    plan = p.schedule(0.0)
+    assert parts(plan) == [(Part(1, 0, 300),), (Part(2, 0, 5),)]
+    assert plan.wake_at is None
+
+
+def test_split_cuts_fixed_batches():
+    p = RequestPolicy("split", batch_size=64)
+    p.push(q(7, 150), 0.0)
+    plan = p.schedule(0.0)
+    assert parts(plan) == [(Part(7, 0, 64),), (Part(7, 64, 128),), (Part(7, 128, 150),)]
+    assert all(b.size <= 64 for b in plan.batches)
+
+
+def test_dynamic_merges_small_queries_within_delay():
+    p = RequestPolicy("dynamic", batch_size=10, merge_delay_s=0.002)
+    p.push(q(1, 3), 0.000)
+    p.push(q(2, 4), 0.001)
+    plan = p.schedule(0.001, idle_lanes=0)
+    assert plan.batches == []  # lanes busy, buffer below B, delay not expired
+    assert plan.wake_at == pytest.approx(0.002)  # oldest arrival + delay
+    plan = p.schedule(0.002, idle_lanes=0)
+    assert parts(plan) == [(Part(1, 0, 3), Part(2, 0, 4))]
+    assert p.pending_items() == 0
+
+
+def test_dynamic_fills_exactly_b_and_carries_remainder():
+    p = RequestPolicy("dynamic", batch_size=10, merge_delay_s=1.0)
+    p.push(q(1, 6), 0.0)
+    p.push(q(2, 7), 0.0)
+    plan = p.schedule(0.0)
+    assert parts(plan) == [(Part(1, 0, 6), Part(2, 0, 4))]
+    assert p.pending_items() == 3
+    plan = p.schedule(1.0)  # delay expired: the remainder leaves alone
+    assert parts(plan) == [(Part(2, 4, 7),)]
+
+
+def test_dynamic_splits_large_at_once_and_buffers_remainder():
+    p = RequestPolicy("dynamic", batch_size=8, merge_delay_s=1.0)
+    p.push(q(1, 19), 0.0)
+    plan = p.schedule(0.0)
+    assert parts(plan) == [(Part(1, 0, 8),), (Part(1, 8, 16),)]
+    assert p.pending_items() == 3
+
+
+def test_dynamic_flushes_when_a_lane_is_idle():
+    p = RequestPolicy("dynamic", batch_size=64, merge_delay_s=1.0)
+    p.push(q(1, 5), 0.0)
+    assert parts(p.schedule(0.0, idle_lanes=1)) == [(Part(1, 0, 5),)]
+
+
+def test_offload_threshold_routes_large_queries_whole_to_accel():
+    p = RequestPolicy("split", batch_size=16, offload_threshold=100)
+    p.push(q(1, 150), 0.0)
+    p.push(q(2, 99), 0.0)
+    plan = p.schedule(0.0)
+    kinds = [(b.lane_kind, b.size) for b in plan.batches]
+    assert kinds[0] == ("accel", 150)
+    assert all(k == "cpu" and s <= 16 for k, s in kinds[1:])
+    assert sum(s for _, s in kinds[1:]) == 99
+
+
+def test_batch_carries_highest_value_and_earliest_deadline():
+    p = RequestPolicy("dynamic", batch_size=10, merge_delay_s=0.0)
+    p.push(q(1, 2, t=0.0, value=1.0), 0.0)
+    p.push(q(2, 2, t=0.5, value=10.0), 0.0)
+    (b,) = p.schedule(0.0).batches
+    assert b.value == 10.0 and b.deadline_s == 1.0
+
+
+def test_tuned_is_dynamic():
+    assert RequestPolicy("tuned").mode == "dynamic"
