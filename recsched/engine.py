@@ -24,6 +24,7 @@ from recsched.config import EngineConfig
 from recsched.lanes.base import Lane
 from recsched.lanes.cpu import CpuLane
 from recsched.models.base import Inputs, ModelAdapter, concat_rows, slice_rows, validate_inputs
+from recsched.sched.core import SchedulerCore
 from recsched.sched.operator import Cost, OperatorPolicy, make_operator_policy
 from recsched.sched.request import RequestPolicy
 from recsched.types import Batch, LaneKind, LaneResult, Query, QueryResult, Task
@@ -50,7 +51,6 @@ class _QueryState:
     query: Query
     inputs: Inputs
     future: Future
-    left: int
     outs: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     error: str | None = None
 
@@ -101,16 +101,17 @@ class Engine:
         if config.offload_threshold is not None:
             kinds += ["accel"] * max(1, config.accel_lanes)
         self.lanes: list[Lane] = [self._make_lane(i, k) for i, k in enumerate(kinds)]
-        self.request_policy = RequestPolicy(
+        request_policy = RequestPolicy(
             config.request, config.batch_size, config.merge_delay_ms / 1e3, config.offload_threshold
         )
-        self.operator_policy: OperatorPolicy = make_operator_policy(
+        operator_policy: OperatorPolicy = make_operator_policy(
             config.operator,
             kinds,
             cost,
             self.graph.info if self.graph is not None else None,
             **config.opstream,
         )
+        self.core = SchedulerCore(request_policy, operator_policy)
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._queries: dict[int, _QueryState] = {}
@@ -164,9 +165,10 @@ class Engine:
         with self._cv:
             self._open = False
             self._aborted = True
-            for qs in self._queries.values():
+            for qid, qs in self._queries.items():
                 qs.error = reason
                 done.append(qs)
+                self.core.drop(qid)
             self._queries.clear()
             self._cv.notify_all()
         self._resolve(done, self.clock.now())
@@ -200,9 +202,9 @@ class Engine:
                 return fut
             if query.qid in self._queries:
                 raise ValueError(f"query id {query.qid} is already in flight")
-            self._queries[query.qid] = _QueryState(query, inputs, fut, query.n_items)
+            self._queries[query.qid] = _QueryState(query, inputs, fut)
             self.submitted += 1
-            self.request_policy.push(query, self.clock.now())
+            self.core.admit(query, self.clock.now())
             issue = self._step_locked()
         self._issue(issue)
         return fut
@@ -216,19 +218,15 @@ class Engine:
         """One scheduling step; returns the tasks to hand to lanes once the lock is dropped."""
         if self._aborted:
             return []
-        now = self.clock.now()
-        op = self.operator_policy
-        plan = self.request_policy.schedule(now, op.idle_lanes("cpu"))
-        for b in plan.batches:
+        out = self.core.step(self.clock.now())
+        for b in out.batches:
             qs = self._queries
             srcs = [slice_rows(qs[p.qid].inputs, p.start, p.stop) for p in b.parts]
             self._batches[b.bid] = _BatchState(b, srcs)
-            op.add(b, now)
-        tasks = op.schedule(now)
-        if plan.wake_at != self._wake_at:
-            self._wake_at = plan.wake_at
+        if out.wake_at != self._wake_at:
+            self._wake_at = out.wake_at
             self._cv.notify_all()
-        return [(t, self._batches[t.bid]) for t in tasks]
+        return [(t, self._batches[t.bid]) for t in out.tasks]
 
     def _issue(self, issue: list[tuple[Task, _BatchState]]) -> None:
         for task, bs in issue:
@@ -252,17 +250,13 @@ class Engine:
                         self._cv.acquire()
 
     # -- lane side ---------------------------------------------------------------------------
-    @staticmethod
-    def _gather(bs: _BatchState) -> Inputs:
-        return concat_rows(bs.sources)
-
     def _work(self, task: Task, bs: _BatchState) -> Callable[[], None]:
+        """The closure a lane runs for a task: tensors in, tensors out, no bookkeeping."""
         if task.ops is None:
 
             def run_whole() -> None:
-                if self._aborted:
-                    return
-                bs.output = self.adapter.module(self._gather(bs))
+                if not self._aborted:
+                    bs.output = self.adapter.module(concat_rows(bs.sources))
 
             return run_whole
         graph = self.graph
@@ -272,7 +266,7 @@ class Engine:
                 return
             with bs.lock:
                 if bs.env is None:
-                    bs.env = graph.new_env(self._gather(bs))
+                    bs.env = graph.new_env(concat_rows(bs.sources))
             graph.run_ops(bs.env, task.ops, task.rows)
 
         return run_ops
@@ -280,46 +274,34 @@ class Engine:
     def _on_lane_done(self, result: LaneResult) -> None:
         done: list[_QueryState] = []
         with self._lock:
-            finished = self.operator_policy.update([result], result.end_s)
-            if result.error is not None:
-                self._fail_batch(self._batches[result.bid], result.error, done)
-            for bid in finished:
-                bs = self._batches.pop(bid)
-                if (
-                    bs.output is None
-                    and bs.env is not None
-                    and result.error is None
-                    and not self._aborted
-                ):
+            fin = self.core.complete(result, result.end_s)
+            for b in fin.batches:
+                bs = self._batches.pop(b.bid)
+                ok = result.error is None and not self._aborted
+                if ok and bs.output is None and bs.env is not None:
                     bs.output = self.graph.output(bs.env)
-                self._scatter(bs, result, done)
+                if ok:
+                    self._scatter(bs)
+            for qid, error in fin.queries:
+                qs = self._queries.pop(qid, None)
+                if qs is not None:
+                    qs.error = error
+                    done.append(qs)
             issue = self._step_locked()
             if not self._queries:
                 self._cv.notify_all()
         self._issue(issue)
         self._resolve(done, result.end_s)
 
-    def _fail_batch(self, bs: _BatchState, error: str, done: list[_QueryState]) -> None:
-        for p in bs.batch.parts:
-            qs = self._queries.get(p.qid)
-            if qs is not None and qs.error is None:
-                qs.error = error
-                del self._queries[p.qid]
-                done.append(qs)
-
-    def _scatter(self, bs: _BatchState, result: LaneResult, done: list[_QueryState]) -> None:
+    def _scatter(self, bs: _BatchState) -> None:
+        """Hand each part of a finished batch's output to its query (views, no copy)."""
+        assert bs.output is not None and bs.output.shape[0] == bs.batch.size, "output rows"
         offset = 0
         for p in bs.batch.parts:
             qs = self._queries.get(p.qid)
-            if qs is not None and bs.output is not None:
+            if qs is not None:
                 qs.outs.append((p.start, bs.output[offset : offset + p.size]))
-                qs.left -= p.size
-                assert qs.left >= 0, "an item was scored twice"
-                if qs.left == 0:
-                    del self._queries[p.qid]
-                    done.append(qs)
             offset += p.size
-        assert bs.output is None or offset == bs.output.shape[0], "batch output rows mismatch"
 
     def _resolve(self, done: list[_QueryState], now: float) -> None:
         for qs in done:
@@ -330,6 +312,7 @@ class Engine:
             else:
                 outs = sorted(qs.outs, key=lambda o: o[0])
                 scores = outs[0][1] if len(outs) == 1 else torch.cat([o for _, o in outs])
+                assert scores.shape[0] == q.n_items, "every item scored exactly once"
                 self.completed += 1
                 qs.future.set_result(scores)
             if self.on_complete is not None:
