@@ -1,0 +1,242 @@
+"""The tuning driver: runs the pure `Tuner` against an injected measurement function, and a
+cache of tuned configurations so later runs (the README's main job, `deeprecsched`) reuse them.
+
+`measure(config) -> Measurement` is whatever the caller wires: a capacity search on the real
+engine, the simulator, or a synthetic surface in a test. This module owns no engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recsched.config import EngineConfig
+from recsched.sched.retune import RegimeTable
+from recsched.sched.tuner import Measurement, Tuner, TuningSpace
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What a tuning run found: the best config, its measurement, and how it got there."""
+
+    best_config: EngineConfig
+    best: Measurement
+    trajectory: list[dict[str, Any]]
+    runs: int
+    budget: int
+    wall_s: float
+    stop_reason: str | None = None
+    restarts: int = 0
+
+
+def measurement_from_capacity(
+    qps: float,
+    best_run: Mapping[str, Any] | None,
+    runs: Sequence[Mapping[str, Any]],
+    sla_ms: float,
+    tail_key: str = "p95",
+) -> Measurement:
+    """A `Measurement` from a capacity search over `bench` results (DESIGN.md's shape:
+    "latency_ms": {"p50", "p95", ...}, "queries"; an optional "latency_ms"[tail_key + "_ci"]).
+
+    Met with the best passing run's tail; if no rate passed, unmet with the lowest tail seen
+    (so the tuner can still climb towards feasibility), or +inf without any run.
+    """
+    if best_run is not None and qps > 0:
+        lat = best_run["latency_ms"]
+        ci = lat.get(f"{tail_key}_ci")
+        return Measurement(
+            qps=float(qps),
+            p_tail_ms=float(lat[tail_key]),
+            sla_ms=sla_ms,
+            met=True,
+            queries=int(best_run.get("queries", 0)),
+            ci_ms=(float(ci[0]), float(ci[1])) if ci else None,
+        )
+    tails = [float(r["latency_ms"][tail_key]) for r in runs if r.get("latency_ms")]
+    return Measurement(
+        qps=0.0,
+        p_tail_ms=min(tails, default=math.inf),
+        sla_ms=sla_ms,
+        met=False,
+        queries=sum(int(r.get("queries", 0)) for r in runs),
+    )
+
+
+def run_tuning(
+    measure: Callable[[EngineConfig], Measurement],
+    space: TuningSpace,
+    start: EngineConfig,
+    budget: int,
+    seed: int = 0,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    timer: Callable[[], float] = time.perf_counter,
+    **tuner_options: Any,
+) -> TuneResult:
+    """Propose, measure, feed back until the tuner stops; `progress` gets each trajectory row.
+
+    `tuner_options` go to `Tuner` (tol, remeasure_margin, max_samples, max_restarts).
+    """
+    tuner = Tuner(space, start, budget, seed, **tuner_options)
+    t0 = timer()
+    while (config := tuner.propose()) is not None:
+        tuner.feedback(config, measure(config))
+        if progress is not None:
+            progress(tuner.trajectory()[-1])
+    if tuner.runs == 0:
+        raise ValueError("tuning made no measurement (budget 0?)")
+    best_config, best = tuner.best()
+    assert tuner.runs <= budget
+    return TuneResult(
+        best_config=best_config,
+        best=best,
+        trajectory=tuner.trajectory(),
+        runs=tuner.runs,
+        budget=budget,
+        wall_s=timer() - t0,
+        stop_reason=tuner.stop_reason,
+        restarts=tuner.restarts,
+    )
+
+
+def tune_result_json(result: TuneResult, model: str | None = None) -> dict[str, Any]:
+    """The `recsched tune --json` document: model, sla_ms, best (config + qps, p95_ms),
+    trajectory, budget, runs (and wall_s, stop_reason, restarts)."""
+    best = {
+        **result.best_config.to_dict(),
+        "qps": result.best.qps,
+        "p95_ms": result.best.p_tail_ms,
+        "met": result.best.met,
+        "ci_ms": list(result.best.ci_ms) if result.best.ci_ms else None,
+    }
+    return {
+        "model": model,
+        "sla_ms": result.best.sla_ms,
+        "best": best,
+        "trajectory": result.trajectory,
+        "budget": result.budget,
+        "runs": result.runs,
+        "wall_s": result.wall_s,
+        "stop_reason": result.stop_reason,
+        "restarts": result.restarts,
+    }
+
+
+def tune_regimes(
+    measure_for: Callable[[tuple[int, int]], Callable[[EngineConfig], Measurement]],
+    load_edges: tuple[float, ...],
+    size_edges: tuple[float, ...],
+    space: TuningSpace,
+    start: EngineConfig,
+    budget: int,
+    seed: int = 0,
+    **tuner_options: Any,
+) -> tuple[RegimeTable, dict[tuple[int, int], TuneResult]]:
+    """Offline tuning of one configuration per (load level, size level), for the online
+    retuner. `measure_for(regime)` gives the measure function under that regime's load and
+    size mix (the caller decides what a regime's representative rate and sizes are)."""
+    results: dict[tuple[int, int], TuneResult] = {}
+    for regime in itertools.product(range(len(load_edges) + 1), range(len(size_edges) + 1)):
+        results[regime] = run_tuning(
+            measure_for(regime), space, start, budget, seed, **tuner_options
+        )
+    configs = {r: res.best_config for r, res in results.items()}
+    return RegimeTable(tuple(load_edges), tuple(size_edges), configs), results
+
+
+# -- cache -----------------------------------------------------------------------------------
+
+
+def machine_fingerprint() -> dict[str, Any]:
+    """What a tuned configuration depends on besides the workload: cores, CPU model, torch."""
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "none"
+    return {"cpus": os.cpu_count() or 1, "cpu_model": _cpu_model(), "torch": torch_version}
+
+
+def _cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    m = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return m.group(1).strip() if m else (platform.processor() or platform.machine())
+
+
+def round_sla(sla_ms: float) -> float:
+    """The SLA to two significant digits, so a `--sla-x` target re-derived from a slightly
+    different measured base latency still hits the same cache entry."""
+    assert sla_ms > 0
+    return float(f"{sla_ms:.2g}")
+
+
+class TuneCache:
+    """Best configurations on disk, one JSON file per (model, scale, SLA rounded to two
+    significant digits, size-distribution spec, machine fingerprint)."""
+
+    def __init__(self, directory: str | Path, fingerprint: Mapping[str, Any] | None = None):
+        self.dir = Path(directory)
+        self.fingerprint = dict(fingerprint) if fingerprint is not None else machine_fingerprint()
+
+    def key(self, model: str, scale: str, sla_ms: float, sizes: str) -> dict[str, Any]:
+        return {
+            "model": model,
+            "scale": scale,
+            "sla_ms": round_sla(sla_ms),
+            "sizes": sizes,
+            "machine": self.fingerprint,
+        }
+
+    def path(self, model: str, scale: str, sla_ms: float, sizes: str) -> Path:
+        key = self.key(model, scale, sla_ms, sizes)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{model}-{scale}")
+        return self.dir / f"{safe}-{digest}.json"
+
+    def put(self, model: str, scale: str, sla_ms: float, sizes: str, result: TuneResult) -> Path:
+        """Store `result`'s best configuration (and its measurement) under the key."""
+        doc = {
+            "key": self.key(model, scale, sla_ms, sizes),
+            "config": result.best_config.to_dict(),
+            "measurement": dataclasses.asdict(result.best),
+            "runs": result.runs,
+            "budget": result.budget,
+        }
+        path = self.path(model, scale, sla_ms, sizes)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+        tmp.replace(path)
+        return path
+
+    def get(
+        self, model: str, scale: str, sla_ms: float, sizes: str
+    ) -> tuple[EngineConfig, Measurement] | None:
+        """The cached best configuration and measurement, or None (missing, other key, stale)."""
+        path = self.path(model, scale, sla_ms, sizes)
+        try:
+            doc = json.loads(path.read_text())
+            if doc["key"] != self.key(model, scale, sla_ms, sizes):
+                return None
+            known = {f.name for f in dataclasses.fields(EngineConfig)}
+            config = EngineConfig(**{k: v for k, v in doc["config"].items() if k in known})
+            m = dict(doc["measurement"])
+            m["ci_ms"] = tuple(m["ci_ms"]) if m.get("ci_ms") is not None else None
+            return config, Measurement(**m)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
