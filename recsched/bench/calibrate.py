@@ -1,0 +1,105 @@
+"""Machine-specific figures, measured once and cached: a query's latency alone (for
+`--sla-x`), the peak throughput, operator profiles and tuned configurations.
+
+The cache lives in `$RECSCHED_CACHE` (default `~/.cache/recsched`), one JSON file per figure,
+keyed by a fingerprint of the machine (cores, CPU model, torch version) so a file measured
+elsewhere is never reused by mistake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recsched.metrics.report import write_json
+from recsched.models.base import ModelAdapter
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("RECSCHED_CACHE", Path.home() / ".cache" / "recsched"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def machine_fingerprint() -> str:
+    """Short hash of what makes timings comparable: cores, CPU model, torch version."""
+    from recsched.bench.tuning import machine_fingerprint as facts
+
+    key = json.dumps(facts(), sort_keys=True)
+    return hashlib.sha1(key.encode()).hexdigest()[:10]
+
+
+def cached(name: str, compute: Callable[[], Any], refresh: bool = False) -> Any:
+    """Return the cached JSON figure `name` for this machine, computing it when missing."""
+    path = cache_dir() / f"{name}.{machine_fingerprint()}.json"
+    if path.exists() and not refresh:
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            pass  # a torn file: measure again
+    value = compute()
+    write_json(value, path)
+    return value
+
+
+def model_key(adapter: ModelAdapter) -> str:
+    scale = adapter.info.get("scale", "custom")
+    return f"{adapter.name}-{scale}"
+
+
+@torch.inference_mode()
+def alone_ms(adapter: ModelAdapter, n_items: int, threads: int = 1, repeats: int = 15) -> float:
+    """Median latency (ms) of one forward of `n_items` rows with `threads` intra-op threads."""
+    x = adapter.make_inputs(n_items, 123)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(3):
+            adapter.module(x)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            adapter.module(x)
+            times.append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(old)
+    return statistics.median(times) * 1e3
+
+
+def sla_from_x(adapter: ModelAdapter, k: float, median_items: int, threads: int = 1) -> float:
+    """`--sla-x K`: K times the latency of a median-size query run alone on one lane (ms)."""
+    key = f"alone-{model_key(adapter)}-n{median_items}-t{threads}"
+    ms = cached(key, lambda: {"ms": alone_ms(adapter, median_items, threads)})["ms"]
+    return k * ms
+
+
+def peak(adapter: ModelAdapter, refresh: bool = False) -> dict:
+    """`recsched peak`: the offline throughput limit (cached)."""
+    from recsched.graph.profile import measure_peak
+
+    return cached(f"peak-{model_key(adapter)}", lambda: measure_peak(adapter), refresh)
+
+
+def profile(adapter: ModelAdapter, refresh: bool = False, **kw: Any) -> dict:
+    """`recsched profile` at the default batch sizes (cached)."""
+    from recsched.graph.profile import profile_model
+
+    return cached(f"profile-{model_key(adapter)}", lambda: profile_model(adapter, **kw), refresh)
+
+
+def machine_info() -> dict:
+    return {
+        "cores": os.cpu_count(),
+        "fingerprint": machine_fingerprint(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }

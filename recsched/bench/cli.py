@@ -1,0 +1,275 @@
+"""Measuring commands: models, profile, peak, bench, capacity, tune, compare.
+
+Each prints a rich table and, with `--json F`, writes the same figures as JSON.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from recsched.metrics.report import bench_table, capacity_table, compare_table, write_json
+
+console = Console()
+
+ModelArg = Annotated[str, typer.Argument(help="Model name (see `recsched models`).")]
+ScaleOpt = Annotated[str, typer.Option("--scale", help="small (tables <= 100K rows) or paper.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for weights and workload.")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the result as JSON here.")]
+SlaMsOpt = Annotated[float | None, typer.Option("--sla-ms", help="Tail-latency target (ms).")]
+SlaXOpt = Annotated[
+    float | None,
+    typer.Option("--sla-x", help="SLA = K x latency of a median-size query alone."),
+]
+PctOpt = Annotated[float, typer.Option("--percentile", help="SLA percentile.")]
+ClassesOpt = Annotated[
+    str | None,
+    typer.Option("--classes", help="Value classes, e.g. high:0.2:10:20ms,low:0.8:1:100ms"),
+]
+SizesOpt = Annotated[str, typer.Option("--sizes", help="production | fixed:N | lognormal:M:S ..")]
+ArrivalsOpt = Annotated[str, typer.Option("--arrivals", help="poisson | constant | bursty ..")]
+LanesOpt = Annotated[int | None, typer.Option("--lanes", help="CPU lanes (worker threads).")]
+TplOpt = Annotated[int | None, typer.Option("--threads-per-lane", help="Intra-op threads.")]
+SimOpt = Annotated[bool, typer.Option("--sim", help="Measure on the simulator instead.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("models")(models_cmd)
+    app.command("profile")(profile_cmd)
+    app.command("peak")(peak_cmd)
+    app.command("bench")(bench_cmd)
+    app.command("capacity")(capacity_cmd)
+    app.command("compare")(compare_cmd)
+    app.command("tune")(tune_cmd)
+
+
+def _emit(result: dict, table: Table, json_path: Path | None) -> None:
+    console.print(table)
+    if json_path is not None:
+        write_json(result, json_path)
+        console.print(f"[dim]wrote {json_path}[/dim]")
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(2)
+
+
+def models_cmd(scale: ScaleOpt = "small", json_path: JsonOpt = None, graphs: bool = True) -> None:
+    """List the models: parameters, tables, rows, dim, operator counts."""
+    from recsched.bench.setup import describe_models
+
+    rows = describe_models(scale, with_graphs=graphs)
+    t = Table(title=f"models ({scale} scale)")
+    for col in ("name", "params", "tables", "rows", "dim", "MB", "ops coarse", "ops fine"):
+        t.add_column(col, justify="left" if col == "name" else "right")
+    for r in rows:
+        mb = f"{r['bytes'] / 2**20:,.1f}"
+        ops = (str(r.get("ops_coarse", "-")), str(r.get("ops_fine", "-")))
+        t.add_row(
+            r["name"],
+            f"{r['params']:,}",
+            str(r["tables"]),
+            f"{r['rows']:,}",
+            str(r["dim"]),
+            mb,
+            *ops,
+        )
+    _emit({"scale": scale, "models": rows}, t, json_path)
+
+
+def profile_cmd(
+    model: ModelArg,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = (
+        "1,4,16,64,256,1024"
+    ),
+    threads: Annotated[int, typer.Option(help="Intra-op threads while profiling.")] = 1,
+    scale: ScaleOpt = "small",
+    seed: SeedOpt = 0,
+    json_path: JsonOpt = None,
+) -> None:
+    """Per-operator and whole-model latency per batch size."""
+    from recsched.bench.setup import load
+    from recsched.graph.profile import profile_model
+
+    adapter = load(model, scale, seed)
+    sizes = tuple(int(b) for b in batch_sizes.split(","))
+    prof = profile_model(adapter, batch_sizes=sizes, threads=threads)
+    t = Table(title=f"{model} profile (ms, {prof.get('threads')} thread(s))")
+    t.add_column("operator")
+    for b in sizes:
+        t.add_column(f"b={b}", justify="right")
+    t.add_row("[bold]whole model", *[f"{v:.3f}" for v in prof["whole_ms"]])
+    for gran, g in prof["granularities"].items():
+        t.add_section()
+        t.add_row(f"[bold]{gran}: dispatch {g.get('dispatch_us', 0):.1f} us/op", *[""] * len(sizes))
+        for name, ms in g["ops"].items():
+            t.add_row(f"  {name}", *[f"{v:.3f}" for v in ms])
+    _emit(prof, t, json_path)
+
+
+def peak_cmd(
+    model: ModelArg, scale: ScaleOpt = "small", seed: SeedOpt = 0, json_path: JsonOpt = None,
+    refresh: Annotated[bool, typer.Option(help="Measure again (ignore the cache).")] = False,
+) -> None:  # fmt: skip
+    """The offline throughput limit: items/s at the best batch size, every core busy."""
+    from recsched.bench.calibrate import peak
+    from recsched.bench.setup import load
+
+    adapter = load(model, scale, seed)
+    r = {"model": model, "scale": scale, **peak(adapter, refresh=refresh)}
+    t = Table(title=f"{model} peak")
+    t.add_column("peak items/s", justify="right")
+    t.add_column("best batch", justify="right")
+    t.add_column("how", justify="left")
+    t.add_row(f"{r['peak_items_per_s']:,.0f}", str(r["best_batch"]), str(r.get("how", "")))
+    _emit(r, t, json_path)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(), console=console, transient=True,
+    )  # fmt: skip
+
+
+def bench_cmd(
+    model: ModelArg,
+    preset: Annotated[str, typer.Option(help="baseline | split | dynamic | deeprecsched | ..")] = (
+        "baseline"
+    ),
+    qps: Annotated[float, typer.Option(help="Offered queries per second.")] = 50.0,
+    duration: Annotated[float, typer.Option(help="Seconds of load.")] = 10.0,
+    classes: ClassesOpt = None,
+    sizes: SizesOpt = "production",
+    arrivals: ArrivalsOpt = "poisson",
+    sla_ms: SlaMsOpt = None,
+    sla_x: SlaXOpt = None,
+    percentile: PctOpt = 95.0,
+    lanes: LanesOpt = None,
+    threads_per_lane: TplOpt = None,
+    batch_size: Annotated[int | None, typer.Option(help="B for split/dynamic.")] = None,
+    scale: ScaleOpt = "small",
+    seed: SeedOpt = 0,
+    json_path: JsonOpt = None,
+) -> None:
+    """One open-loop run at a fixed offered rate."""
+    from recsched.bench.run import bench_once
+    from recsched.bench.setup import Setup
+
+    s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile)
+    cfg = s.config(preset, lanes=lanes, threads_per_lane=threads_per_lane, batch_size=batch_size)
+    with _progress() as prog:
+        task = prog.add_task(f"{model} {preset} @ {qps:g} qps", total=1)
+
+        def on_progress(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total)
+
+        r = bench_once(
+            s.adapter, cfg, s.load(qps, duration), preset=preset, sla_ms=s.sla_ms,
+            percentile=percentile, progress=on_progress, **s.engine_extras(cfg),
+        )  # fmt: skip
+    _emit(r, bench_table(r), json_path)
+
+
+def capacity_cmd(
+    model: ModelArg,
+    preset: Annotated[str, typer.Option(help="Preset to measure.")] = "baseline",
+    sla_ms: SlaMsOpt = None,
+    sla_x: SlaXOpt = None,
+    percentile: PctOpt = 95.0,
+    classes: ClassesOpt = None,
+    sizes: SizesOpt = "production",
+    arrivals: ArrivalsOpt = "poisson",
+    duration: Annotated[float, typer.Option(help="Seconds per run (at least).")] = 3.0,
+    lanes: LanesOpt = None,
+    threads_per_lane: TplOpt = None,
+    scale: ScaleOpt = "small",
+    seed: SeedOpt = 0,
+    sim: SimOpt = False,
+    json_path: JsonOpt = None,
+) -> None:
+    """Latency-bounded throughput: the highest rate whose tail meets the SLA."""
+    from recsched.bench.setup import Setup
+
+    s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile, sim)
+    r = s.capacity(preset, duration, lanes=lanes, threads_per_lane=threads_per_lane, log=_log)
+    _emit(r, capacity_table(r), json_path)
+
+
+def compare_cmd(
+    model: ModelArg,
+    presets: Annotated[str, typer.Option(help="Comma-separated presets; ratios to the first.")] = (
+        "baseline,deeprecsched,opstream"
+    ),
+    sla_ms: SlaMsOpt = None,
+    sla_x: SlaXOpt = None,
+    percentile: PctOpt = 95.0,
+    classes: ClassesOpt = None,
+    sizes: SizesOpt = "production",
+    arrivals: ArrivalsOpt = "poisson",
+    duration: Annotated[float, typer.Option(help="Seconds per run (at least).")] = 3.0,
+    scale: ScaleOpt = "small",
+    seed: SeedOpt = 0,
+    sim: SimOpt = False,
+    json_path: JsonOpt = None,
+) -> None:
+    """Capacity of each preset on the same workload seed, side by side."""
+    from recsched.bench.setup import Setup
+
+    s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile, sim)
+    names = [p.strip() for p in presets.split(",") if p.strip()]
+    caps = {}
+    for name in names:
+        console.rule(f"[bold]{name}")
+        caps[name] = s.capacity(name, duration, log=_log)
+    base = caps[names[0]]["latency_bounded_qps"] or float("nan")
+    r = {
+        "model": model,
+        "sla_ms": s.sla_ms,
+        "presets": caps,
+        "ratios": {n: c["latency_bounded_qps"] / base for n, c in caps.items()},
+    }
+    _emit(r, compare_table(r), json_path)
+
+
+def tune_cmd(
+    model: ModelArg,
+    sla_ms: SlaMsOpt = None,
+    sla_x: SlaXOpt = None,
+    percentile: PctOpt = 95.0,
+    classes: ClassesOpt = None,
+    sizes: SizesOpt = "production",
+    arrivals: ArrivalsOpt = "poisson",
+    budget: Annotated[int, typer.Option(help="Measurement runs the tuner may make.")] = 12,
+    duration: Annotated[float, typer.Option(help="Seconds per run (at least).")] = 2.0,
+    scale: ScaleOpt = "small",
+    seed: SeedOpt = 0,
+    sim: SimOpt = False,
+    refresh: Annotated[bool, typer.Option(help="Tune again (ignore the cache).")] = False,
+    json_path: JsonOpt = None,
+) -> None:
+    """DeepRecSched: hill-climb batch size (and the rest) for latency-bounded throughput."""
+    from recsched.bench.setup import Setup
+
+    s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile, sim)
+    r = s.tune(budget=budget, duration=duration, refresh=refresh, log=_log)
+    t = Table(title=f"{model} tuning trajectory (SLA {s.sla_ms:.2f} ms p{percentile:g})")
+    for col in ("step", "config", "qps", f"p{percentile:g} ms", "met", "accepted"):
+        t.add_column(col, justify="right" if col != "config" else "left")
+    for st in r["trajectory"]:
+        t.add_row(
+            str(st.get("step")), str(st.get("knobs", st.get("config"))), f"{st.get('qps', 0):.1f}",
+            f"{st.get('p_tail_ms', float('nan')):.2f}", str(st.get("met")), str(st.get("accepted")),
+        )  # fmt: skip
+    _emit(r, t, json_path)
+    console.print(f"best: {r['best']}")
+
+
+def _log(msg: str) -> None:
+    console.print(msg)

@@ -1,0 +1,256 @@
+"""One open-loop run against the real engine, and its result in the shared JSON shape.
+
+The driver issues each query at its scheduled time from its own thread, whatever the engine
+does (open loop, MLPerf-style: it issues and moves on). Latency runs from the *scheduled*
+arrival, so a late issue counts against the engine, never hides (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recsched.clock import WallClock
+from recsched.config import EngineConfig
+from recsched.engine import Engine, EngineClosed, QueueFull
+from recsched.metrics.latency import LatencyLog
+from recsched.metrics.report import cost_core_s_per_1k
+from recsched.models.base import Inputs, ModelAdapter, slice_rows
+from recsched.types import DEFAULT_CLASS, PriorityClass
+from recsched.workload import Workload, generate
+from recsched.workload.arrivals import parse_arrivals
+from recsched.workload.sizes import parse_sizes
+
+LATE_S = 1e-3  # an issue more than this behind its schedule counts as late
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """The workload of a run: rate, duration, arrival process, sizes, classes, seed."""
+
+    qps: float
+    duration_s: float = 5.0
+    arrivals: str = "poisson"
+    sizes: str = "production"
+    classes: tuple[PriorityClass, ...] = (DEFAULT_CLASS,)
+    seed: int = 0
+
+    def workload(self) -> Workload:
+        return generate(
+            parse_arrivals(self.arrivals, self.qps),
+            parse_sizes(self.sizes),
+            self.classes,
+            self.duration_s,
+            self.seed,
+        )
+
+
+@dataclass
+class InputPool:
+    """Synthetic inputs made once; query i reads a window of rows at a seeded offset."""
+
+    inputs: Inputs
+    rows: int
+    seed: int = 0
+    _rng: np.random.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._rng = np.random.default_rng(self.seed)
+
+    @classmethod
+    def make(cls, adapter: ModelAdapter, rows: int = 4096, seed: int = 0) -> InputPool:
+        return cls(adapter.make_inputs(rows, seed), rows, seed)
+
+    def offsets(self, sizes: np.ndarray) -> np.ndarray:
+        hi = np.maximum(1, self.rows - sizes + 1)
+        return (self._rng.random(len(sizes)) * hi).astype(np.int64)
+
+    def take(self, offset: int, n: int) -> Inputs:
+        assert n <= self.rows, f"a query of {n} items exceeds the input pool of {self.rows}"
+        return slice_rows(self.inputs, offset, offset + n)
+
+
+@dataclass
+class RunRecord:
+    """What one run produced, before summarising."""
+
+    log: LatencyLog
+    issued: int
+    rejected: int
+    late_issues: int
+    duration_s: float
+    wall_s: float
+    lane_utilization: list[float]
+    cores: float
+    unfinished: int = 0
+
+
+def run_open_loop(
+    engine: Engine,
+    pool: InputPool,
+    workload: Workload,
+    *,
+    sla_ms: float | None = None,
+    drain_timeout_s: float = 10.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> RunRecord:
+    """Issue `workload` against a started engine at its scheduled times; wait for the end.
+
+    Queries still unfinished `drain_timeout_s` after the last issue are aborted and count as
+    failures (an overloaded configuration fails its SLA rather than running forever).
+    """
+    log = LatencyLog()
+    engine.on_complete = log.add
+    clock = engine.clock
+    assert isinstance(clock, WallClock), "the open-loop driver runs on wall time"
+    n = len(workload)
+    offsets = pool.offsets(workload.n_items)
+    ts = workload.t_s.tolist()
+    sizes = workload.n_items.tolist()
+    model = engine.adapter.name
+    late = rejected = 0
+    busy0 = [lane.stats.busy_s for lane in engine.lanes]
+    t0 = clock.now() + 0.02
+    last_report = 0.0
+    for i in range(n):
+        target = t0 + ts[i]
+        delay = target - clock.now()
+        if delay > 0:
+            time.sleep(delay)
+        elif -delay > LATE_S:
+            late += 1
+        q = workload.query(i, model, sla_ms, t0)
+        fut = engine.submit(q, pool.take(int(offsets[i]), sizes[i]))
+        if fut.done() and isinstance(fut.exception(), (QueueFull, EngineClosed)):
+            rejected += 1
+            log.append(q.cls, q.arrival_s, q.arrival_s, q.n_items, ok=False)
+        if progress is not None and target - last_report > 0.25:
+            last_report = target
+            progress(i + 1, n)
+    t_end = t0 + workload.duration_s
+    deadline = max(clock.now(), t_end) + drain_timeout_s
+    while len(log) < n and clock.now() < deadline:
+        time.sleep(0.005)
+    unfinished = engine.abort("benchmark drain timeout") if len(log) < n else 0
+    wall = max(clock.now(), t_end) - t0
+    util = [
+        min(1.0, (lane.stats.busy_s - b) / max(wall, 1e-9))
+        for lane, b in zip(engine.lanes, busy0, strict=True)
+    ]
+    if progress is not None:
+        progress(n, n)
+    cfg = engine.config
+    return RunRecord(
+        log, n, rejected, late, workload.duration_s, wall, util,
+        float(cfg.lanes * cfg.threads_per_lane), unfinished,
+    )  # fmt: skip
+
+
+def bench_result(
+    record: RunRecord,
+    *,
+    model: str,
+    preset: str,
+    config: EngineConfig,
+    offered_qps: float,
+    classes: tuple[PriorityClass, ...],
+    sla_ms: float | None,
+    percentile: float = 95.0,
+) -> dict:
+    """The `bench` result of DESIGN.md from a run record."""
+    s = record.log.summary(classes, sla_ms, percentile)
+    ok_queries = s["queries"] - s["errors"]
+    return {
+        "model": model,
+        "preset": preset,
+        "config": config.to_dict(),
+        "offered_qps": offered_qps,
+        "completed_qps": ok_queries / max(record.wall_s, 1e-9),
+        "completed_items_per_s": record.log.items() / max(record.wall_s, 1e-9),
+        "duration_s": record.duration_s,
+        "queries": record.issued,
+        "rejected": record.rejected,
+        "failed": s["errors"] - record.rejected,
+        "late_issues": record.late_issues,
+        "latency_ms": s["latency_ms"],
+        "sla_ms": sla_ms,
+        "sla_percentile": percentile,
+        "sla_met": bool(s["sla_met"]) if s["sla_met"] is not None else None,
+        "classes": s["classes"],
+        "lane_utilization": record.lane_utilization,
+        "cost_core_s_per_1k": cost_core_s_per_1k(record.cores, record.wall_s, s["within_sla"]),
+    }
+
+
+def warm_up(engine: Engine, pool: InputPool, sizes: tuple[int, ...] = (1, 16, 64, 256)) -> None:
+    """Run a few queries synchronously so first-call costs stay out of the measurement."""
+    from recsched.types import Query
+
+    qid = -1
+    for n in sizes:
+        for _ in range(2):
+            n = min(n, pool.rows)
+            engine.submit(Query(qid, engine.adapter.name, n), pool.take(0, n)).result(timeout=60)
+            qid -= 1
+
+
+def bench_once(
+    adapter: ModelAdapter,
+    config: EngineConfig,
+    load: LoadSpec,
+    *,
+    preset: str = "custom",
+    sla_ms: float | None = None,
+    percentile: float = 95.0,
+    pool: InputPool | None = None,
+    cost=None,
+    graph=None,
+    progress: Callable[[int, int], None] | None = None,
+    drain_timeout_s: float | None = None,
+) -> dict:
+    """Start an engine, warm it up, run one open-loop load, return the bench result."""
+    pool = pool or InputPool.make(adapter, seed=load.seed)
+    workload = load.workload()
+    engine = Engine(adapter, config, cost=cost, graph=graph, validate=False)
+    with threading_guard():
+        engine.start()
+        try:
+            warm_up(engine, pool)
+            drain = drain_timeout_s if drain_timeout_s is not None else _drain_for(sla_ms)
+            rec = run_open_loop(
+                engine, pool, workload, sla_ms=sla_ms, drain_timeout_s=drain, progress=progress
+            )
+        finally:
+            engine.close(drain=False, timeout=5.0)
+    return bench_result(
+        rec,
+        model=adapter.name,
+        preset=preset,
+        config=config,
+        offered_qps=load.qps,
+        classes=workload.classes,
+        sla_ms=sla_ms,
+        percentile=percentile,
+    )
+
+
+def _drain_for(sla_ms: float | None) -> float:
+    return 10.0 if sla_ms is None else min(10.0, max(1.0, 20 * sla_ms / 1e3))
+
+
+class threading_guard:
+    """Make the driver thread's own torch threads 1 so it never competes with lanes."""
+
+    def __enter__(self) -> None:
+        import torch
+
+        self._n = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        torch.set_num_threads(self._n)

@@ -1,0 +1,204 @@
+"""Everything a measuring command needs, resolved once: the model, the SLA, the workload,
+each preset's configuration (tuned ones from the tuner's cache), graphs and cost models.
+
+`Setup` is what the CLI, the benchmarks and the README's main job share, so the same
+options mean the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from recsched.bench import calibrate
+from recsched.bench.capacity import capacity_result, find_capacity
+from recsched.bench.run import InputPool, LoadSpec, bench_once
+from recsched.config import EngineConfig, preset
+from recsched.models.base import ModelAdapter
+from recsched.types import PriorityClass
+from recsched.workload.classes import parse_classes
+from recsched.workload.sizes import parse_sizes
+
+DEFAULT_SLA_X = 10.0
+Log = Callable[[str], None]
+
+
+def load(model: str, scale: str = "small", seed: int = 0) -> ModelAdapter:
+    from recsched.models.registry import load_model
+
+    return load_model(model, scale=scale, seed=seed)
+
+
+def describe_models(scale: str = "small", with_graphs: bool = True) -> list[dict]:
+    """One row per model: params, tables, rows, dim, bytes, op counts per granularity."""
+    from recsched.models.registry import list_models
+
+    rows = []
+    for name in list_models():
+        ad = load(name, scale)
+        info = dict(ad.info)
+        row = {"name": name, **{k: info.get(k) for k in ("params", "tables", "rows", "dim")}}
+        row["bytes"] = info.get("bytes", 4 * int(info.get("params", 0)))
+        if with_graphs:
+            from recsched.graph import build_graph
+
+            for g in ("coarse", "fine"):
+                row[f"ops_{g}"] = len(build_graph(ad, g).info.ops)
+        rows.append(row)
+    return rows
+
+
+def default_lanes() -> tuple[int, int]:
+    """(lanes, threads per lane): one single-threaded lane per core, no oversubscription."""
+    return max(1, os.cpu_count() or 1), 1
+
+
+@dataclass
+class Setup:
+    """A model plus the options every measuring command shares."""
+
+    adapter: ModelAdapter
+    scale: str
+    seed: int
+    classes: tuple[PriorityClass, ...]
+    sizes: str
+    arrivals: str
+    sla_ms: float | None
+    percentile: float
+    sim: bool = False
+    _pool: InputPool | None = None
+    _graphs: dict[str, Any] = field(default_factory=dict)
+    _costs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def make(
+        cls,
+        model: str,
+        scale: str = "small",
+        seed: int = 0,
+        classes: str | None = None,
+        sizes: str = "production",
+        arrivals: str = "poisson",
+        sla_ms: float | None = None,
+        sla_x: float | None = None,
+        percentile: float = 95.0,
+        sim: bool = False,
+        need_sla: bool = True,
+    ) -> Setup:
+        adapter = load(model, scale, seed)
+        size_dist = parse_sizes(sizes)
+        parsed = tuple(
+            PriorityClass(c.name, c.share, c.value, c.sla_ms, percentile)
+            if c.percentile == 95.0 else c
+            for c in parse_classes(classes)
+        )  # fmt: skip
+        if sla_ms is None and (sla_x is not None or need_sla):
+            median = max(1, round(size_dist.median()))
+            sla_ms = calibrate.sla_from_x(adapter, sla_x or DEFAULT_SLA_X, median)
+        return cls(adapter, scale, seed, parsed, sizes, arrivals, sla_ms, percentile, sim)
+
+    # -- configurations ---------------------------------------------------------------------
+    def config(self, name: str, log: Log | None = None, **overrides: Any) -> EngineConfig:
+        """The configuration of a preset; `tuned` request knobs come from the tuner."""
+        lanes, tpl = default_lanes()
+        base: dict[str, Any] = {"lanes": lanes, "threads_per_lane": tpl}
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        cfg = preset(name, **base)
+        if cfg.request == "tuned":
+            knobs = self.tuned_knobs(cfg, log)
+            cfg = cfg.replace(**{k: v for k, v in knobs.items() if k not in overrides})
+        return cfg
+
+    def tuned_knobs(self, cfg: EngineConfig, log: Log | None = None) -> dict[str, Any]:
+        from recsched.bench.tune import tuned_knobs
+
+        return tuned_knobs(self, cfg, log)
+
+    # -- engines ----------------------------------------------------------------------------
+    def pool(self) -> InputPool:
+        if self._pool is None:
+            self._pool = InputPool.make(self.adapter, rows=4096, seed=self.seed)
+        return self._pool
+
+    def engine_extras(self, cfg: EngineConfig) -> dict[str, Any]:
+        """Graph and cost model for operator-level policies (none for `sequential`)."""
+        if cfg.operator == "sequential":
+            return {}
+        g = cfg.granularity
+        if g not in self._graphs:
+            from recsched.graph import build_graph
+            from recsched.graph.cost import CostModel
+
+            graph = build_graph(self.adapter, g)
+            prof = calibrate.profile(self.adapter)
+            self._graphs[g] = graph
+            self._costs[g] = CostModel.from_profile(prof, g, graph.info)
+        return {"graph": self._graphs[g], "cost": self._costs[g]}
+
+    def load(self, qps: float, duration_s: float) -> LoadSpec:
+        return LoadSpec(qps, duration_s, self.arrivals, self.sizes, self.classes, self.seed)
+
+    def run_fn(self, cfg: EngineConfig, name: str, duration_s: float) -> Callable[[float], dict]:
+        """qps -> bench result, on the real engine (or the simulator with `sim`)."""
+        if self.sim:
+            from recsched.sim.run import sim_run_fn
+
+            return sim_run_fn(self, cfg, name, duration_s)
+        extras = self.engine_extras(cfg)
+        pool = self.pool()
+
+        def run(qps: float) -> dict:
+            d = min(4 * duration_s, max(duration_s, 300.0 / qps))  # enough queries for a p95
+            return bench_once(
+                self.adapter, cfg, self.load(qps, d), preset=name, sla_ms=self.sla_ms,
+                percentile=self.percentile, pool=pool, **extras,
+            )  # fmt: skip
+
+        return run
+
+    def start_qps(self, cfg: EngineConfig) -> float:
+        """A first guess at capacity: lanes / latency of a mean-size query alone, halved."""
+        mean = max(1, round(parse_sizes(self.sizes).mean()))
+        ms = calibrate.alone_ms(self.adapter, mean, cfg.threads_per_lane, repeats=5)
+        return 0.5 * cfg.lanes * 1e3 / max(ms, 1e-3)
+
+    def capacity(
+        self, name: str, duration_s: float = 3.0, log: Log | None = None, **overrides: Any
+    ) -> dict:
+        """Latency-bounded throughput of a preset (bracket and bisect on the offered rate)."""
+        assert self.sla_ms is not None, "capacity needs an SLA"
+        cfg = self.config(name, log, **overrides)
+        run = self.run_fn(cfg, name, duration_s)
+
+        def on_run(r: dict) -> None:
+            if log is not None:
+                lat = r["latency_ms"]
+                mark = "[green]meets[/green]" if r["sla_met"] else "[red]misses[/red]"
+                log(
+                    f"  {name}: {r['offered_qps']:8.1f} qps  p{self.percentile:g}="
+                    f"{_pct(r, self.percentile):8.2f} ms  p99={lat['p99']:8.2f} ms  {mark}"
+                )
+
+        search = find_capacity(run, start_qps=self.start_qps(cfg), on_run=on_run)
+        peak = calibrate.peak(self.adapter)["peak_items_per_s"] if not self.sim else None
+        return capacity_result(
+            search, model=self.adapter.name, preset=name, sla_ms=self.sla_ms,
+            percentile=self.percentile, peak_items_per_s=peak,
+        )  # fmt: skip
+
+    def tune(self, **kw: Any) -> dict:
+        from recsched.bench.tune import tune
+
+        return tune(self, **kw)
+
+
+def _pct(r: dict, p: float) -> float:
+    key = f"p{p:g}"
+    v = r["latency_ms"].get(key)
+    if v is None:
+        classes = r.get("classes", {})
+        v = max((c["latency_ms"].get("p95", math.nan) for c in classes.values()), default=math.nan)
+    return math.nan if v is None else v

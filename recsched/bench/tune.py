@@ -1,0 +1,108 @@
+"""`recsched tune` and the `tuned` request policy: the tuner driven by short capacity
+searches on the real engine (or the simulator), its result cached per model and machine.
+
+Each tuner measurement is a latency-bounded throughput found by a short bracket-and-bisect
+search warm-started at the best rate seen so far (at most `runs_per_config` open-loop runs of
+`duration` seconds), so a budget of B configurations costs about B x runs_per_config runs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from recsched.bench import calibrate
+from recsched.bench.capacity import find_capacity
+from recsched.bench.tuning import (
+    TuneCache,
+    measurement_from_capacity,
+    run_tuning,
+    tune_result_json,
+)
+from recsched.config import EngineConfig
+from recsched.sched.tuner import Knob, Measurement, TuningSpace, default_space
+
+if TYPE_CHECKING:
+    from recsched.bench.setup import Log, Setup
+
+TUNED_FIELDS = ("batch_size", "merge_delay_ms", "lanes", "threads_per_lane", "offload_threshold")
+
+
+def cache_key_sizes(setup: Setup, cfg: EngineConfig) -> str:
+    """What besides model, scale and SLA a tuned configuration depends on."""
+    from recsched.workload.classes import format_classes
+
+    return f"{setup.sizes}|{setup.arrivals}|{format_classes(setup.classes)}|{cfg.operator}"
+
+
+def tuning_space(cores: int) -> TuningSpace:
+    """The default space, with batch sizes from 4: below that a batch is all dispatch."""
+    space = default_space(cores, has_accel=False, max_batch=1024)
+    knobs = tuple(
+        Knob(k.name, tuple(v for v in k.values if v >= 4)) if k.name == "batch_size" else k
+        for k in space.knobs
+    )
+    return TuningSpace(knobs, space.constraint)
+
+
+def tune(
+    setup: Setup,
+    *,
+    budget: int = 12,
+    duration: float = 2.0,
+    refresh: bool = False,
+    log: Log | None = None,
+    operator: str = "sequential",
+    runs_per_config: int = 4,
+) -> dict:
+    """Tune the `dynamic` request knobs for latency-bounded throughput; cache the best."""
+    assert setup.sla_ms is not None, "tuning needs an SLA"
+    lanes, tpl = os.cpu_count() or 1, 1
+    start = EngineConfig(
+        request="dynamic", batch_size=64, merge_delay_ms=1.0, operator=operator,
+        lanes=lanes, threads_per_lane=tpl,
+    )  # fmt: skip
+    best_qps = [setup.start_qps(start)]
+
+    def measure(cfg: EngineConfig) -> Measurement:
+        run = setup.run_fn(cfg, "tuning", duration)
+        s = find_capacity(run, start_qps=best_qps[0], rel_tol=0.1, max_runs=runs_per_config)
+        m = measurement_from_capacity(s.qps, s.best, s.runs, setup.sla_ms)
+        if m.met and m.qps > best_qps[0]:
+            best_qps[0] = m.qps
+        return m
+
+    def progress(row: dict[str, Any]) -> None:
+        if log is not None:
+            c = row["config"]
+            knobs = " ".join(f"{k}={c[k]}" for k in TUNED_FIELDS if k in c)
+            ok = "[green]met[/green]" if row["met"] else "[red]missed[/red]"
+            log(f"  tune step {row['step']}: {knobs}  {row['qps']:.1f} qps  {ok}")
+
+    result = run_tuning(measure, tuning_space(lanes), start, budget, setup.seed, progress)
+    TuneCache(calibrate.cache_dir() / "tuned").put(
+        setup.adapter.name, setup.scale, setup.sla_ms, cache_key_sizes(setup, start), result
+    )
+    doc = tune_result_json(result, setup.adapter.name)
+    for row in doc["trajectory"]:
+        row["knobs"] = {k: row["config"][k] for k in TUNED_FIELDS if k in row["config"]}
+    return doc
+
+
+def tuned_knobs(setup: Setup, cfg: EngineConfig, log: Log | None = None) -> dict[str, Any]:
+    """The tuned knobs for this model, SLA and workload: cached, or tuned now."""
+    assert setup.sla_ms is not None, "the tuned policy needs an SLA (--sla-ms or --sla-x)"
+    cache = TuneCache(calibrate.cache_dir() / "tuned")
+    key_sizes = cache_key_sizes(setup, cfg)
+    hit = cache.get(setup.adapter.name, setup.scale, setup.sla_ms, key_sizes)
+    if hit is None:
+        if log is not None:
+            log(f"[yellow]no tuned configuration cached for {setup.adapter.name}; tuning now")
+        tune(setup, log=log, operator=cfg.operator)
+        hit = cache.get(setup.adapter.name, setup.scale, setup.sla_ms, key_sizes)
+        assert hit is not None, "tuning stores its result"
+    best, m = hit
+    if log is not None:
+        knobs = ", ".join(f"{k}={getattr(best, k)}" for k in TUNED_FIELDS)
+        log(f"[dim]tuned ({cfg.operator}): {knobs} ({m.qps:.1f} qps when tuned)[/dim]")
+    return {k: getattr(best, k) for k in TUNED_FIELDS}
