@@ -23,6 +23,7 @@ from recsched.clock import Clock, WallClock
 from recsched.config import EngineConfig
 from recsched.lanes.base import Lane
 from recsched.lanes.cpu import CpuLane
+from recsched.metrics.trace import TraceRecorder
 from recsched.models.base import Inputs, ModelAdapter, concat_rows, slice_rows, validate_inputs
 from recsched.sched.core import SchedulerCore
 from recsched.sched.operator import Cost, OperatorPolicy, make_operator_policy
@@ -81,12 +82,14 @@ class Engine:
         graph=None,
         validate: bool = True,
         on_complete: Callable[[QueryResult], None] | None = None,
+        trace: TraceRecorder | None = None,
     ) -> None:
         self.adapter = adapter
         self.config = config = config or EngineConfig()
         self.clock = clock or WallClock()
         self.validate = validate
         self.on_complete = on_complete
+        self.trace = trace
         if config.offload_threshold is not None and not cuda_available():
             raise ValueError(
                 "offload_threshold needs a CUDA device, and torch.cuda.is_available() is False "
@@ -173,6 +176,25 @@ class Engine:
             self._cv.notify_all()
         self._resolve(done, self.clock.now())
         return len(done)
+
+    def replace_lane(self, index: int, reason: str) -> int:
+        """Replace a crashed or hung lane by a fresh one; fail the tasks the old one held.
+
+        Hook for the server's lane watchdog (recsched.server.health). The old lane's
+        unreported tasks are reported as failures, so their queries' futures fail with
+        `QueryFailed` naming `reason`; the scheduler sees the lane free again. Returns how
+        many tasks failed.
+        """
+        old = self.lanes[index]
+        new = self._make_lane(index, old.kind)
+        new.stats = old.stats
+        new.start()
+        self.lanes[index] = new
+        tasks = old.abandon(new)  # type: ignore[attr-defined]
+        now = self.clock.now()
+        for t in tasks:
+            self._on_lane_done(LaneResult(t.tid, t.bid, index, now, now, f"lane {index} {reason}"))
+        return len(tasks)
 
     def __enter__(self) -> Engine:
         return self.start()
@@ -274,6 +296,8 @@ class Engine:
     def _on_lane_done(self, result: LaneResult) -> None:
         done: list[_QueryState] = []
         with self._lock:
+            if self.trace is not None:
+                self._record(result)
             fin = self.core.complete(result, result.end_s)
             for b in fin.batches:
                 bs = self._batches.pop(b.bid)
@@ -292,6 +316,21 @@ class Engine:
                 self._cv.notify_all()
         self._issue(issue)
         self._resolve(done, result.end_s)
+
+    def _record(self, result: LaneResult) -> None:
+        """A lane trace event for this task (Chrome trace format, recsched.metrics.trace)."""
+        bs = self._batches.get(result.bid)
+        task_ops = self.core.operator.task_ops(result.tid) if bs is not None else None
+        name = (
+            "model" if task_ops is None else "+".join(self.graph.info.ops[i].name for i in task_ops)
+        )
+        cls = None
+        if bs is not None and bs.batch.parts:
+            qs = self._queries.get(bs.batch.parts[0].qid)
+            cls = qs.query.cls if qs is not None else None
+        size = bs.batch.size if bs is not None else 0
+        self.trace.record(result.lane, name, result.bid, cls, result.start_s, result.end_s,
+                          items=size, error=result.error)  # fmt: skip
 
     def _scatter(self, bs: _BatchState) -> None:
         """Hand each part of a finished batch's output to its query (views, no copy)."""

@@ -58,6 +58,11 @@ class OperatorPolicy(ABC):
     def queued(self) -> int:
         """Batches accepted but not finished."""
 
+    def task_ops(self, tid: int) -> tuple[int, ...] | None:
+        """The operators a running task covers (None: the whole model). For traces; call
+        before `update` reports the task."""
+        return None
+
     def lanes_of(self, kind: LaneKind) -> list[int]:
         return [i for i, k in enumerate(self.lane_kinds) if k == kind]
 
@@ -74,7 +79,8 @@ class Sequential(OperatorPolicy):
         super().__init__(lane_kinds, cost)
         self._fifo: dict[str, deque[Batch]] = {"cpu": deque(), "accel": deque()}
         self._free: dict[str, deque[int]] = {
-            k: deque(self.lanes_of(k)) for k in ("cpu", "accel")  # type: ignore[arg-type]
+            k: deque(self.lanes_of(k))
+            for k in ("cpu", "accel")  # type: ignore[arg-type]
         }
         self._running: dict[int, Task] = {}
         self._sizes: dict[int, int] = {}
