@@ -5,6 +5,7 @@ Each prints a rich table and, with `--json F`, writes the same figures as JSON.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +16,7 @@ from rich.table import Table
 
 from recsched.metrics.report import bench_table, capacity_table, compare_table, write_json
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 140)
 
 ModelArg = Annotated[str, typer.Argument(help="Model name (see `recsched models`).")]
 ScaleOpt = Annotated[str, typer.Option("--scale", help="small (tables <= 100K rows) or paper.")]
@@ -126,8 +127,8 @@ def peak_cmd(
     t = Table(title=f"{model} peak")
     t.add_column("peak items/s", justify="right")
     t.add_column("best batch", justify="right")
-    t.add_column("how", justify="left")
-    t.add_row(f"{r['peak_items_per_s']:,.0f}", str(r["best_batch"]), str(r.get("how", "")))
+    t.add_column("lanes x threads", justify="left")
+    t.add_row(f"{r['peak_items_per_s']:,.0f}", str(r["best_batch"]), str(r.get("best_config", "")))
     _emit(r, t, json_path)
 
 
@@ -157,23 +158,46 @@ def bench_cmd(
     scale: ScaleOpt = "small",
     seed: SeedOpt = 0,
     json_path: JsonOpt = None,
+    driver: Annotated[str, typer.Option(help="native (our open loop) | mlperf (LoadGen).")] = (
+        "native"
+    ),
+    scenario: Annotated[str, typer.Option(help="mlperf: server | offline.")] = "server",
+    user_conf: Annotated[Path | None, typer.Option(help="mlperf: LoadGen user.conf.")] = None,
+    trace: Annotated[Path | None, typer.Option(help="Write lane traces (Chrome JSON).")] = None,
 ) -> None:
-    """One open-loop run at a fixed offered rate."""
+    """One open-loop run at a fixed offered rate (or a LoadGen Server/Offline run)."""
     from recsched.bench.run import bench_once
     from recsched.bench.setup import Setup
+    from recsched.metrics.trace import TraceRecorder
 
+    if driver not in ("native", "mlperf") or scenario not in ("server", "offline"):
+        _fail(f"unknown driver {driver!r} or scenario {scenario!r}")
     s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile)
     cfg = s.config(preset, lanes=lanes, threads_per_lane=threads_per_lane, batch_size=batch_size)
-    with _progress() as prog:
-        task = prog.add_task(f"{model} {preset} @ {qps:g} qps", total=1)
+    rec = TraceRecorder(process_name=f"{model} {preset}") if trace is not None else None
+    if driver == "mlperf":
+        from recsched.bench.mlperf import bench_mlperf
 
-        def on_progress(done: int, total: int) -> None:
-            prog.update(task, completed=done, total=total)
-
-        r = bench_once(
-            s.adapter, cfg, s.load(qps, duration), preset=preset, sla_ms=s.sla_ms,
-            percentile=percentile, progress=on_progress, **s.engine_extras(cfg),
+        r = bench_mlperf(
+            s, cfg, preset, qps=qps, duration_s=duration, scenario=scenario,
+            user_conf=user_conf, json_path=json_path, trace=rec,
         )  # fmt: skip
+        m = r["mlperf"]
+        console.print(f"LoadGen {m['scenario']}: [bold]{m['validity']}[/bold] ({m['log_dir']})")
+    else:
+        with _progress() as prog:
+            task = prog.add_task(f"{model} {preset} @ {qps:g} qps", total=1)
+
+            def on_progress(done: int, total: int) -> None:
+                prog.update(task, completed=done, total=total)
+
+            r = bench_once(
+                s.adapter, cfg, s.load(qps, duration), preset=preset, sla_ms=s.sla_ms,
+                percentile=percentile, progress=on_progress, trace=rec, **s.engine_extras(cfg),
+            )  # fmt: skip
+    if rec is not None:
+        rec.write(trace)
+        console.print(f"[dim]wrote {trace} ({len(rec)} lane events)[/dim]")
     _emit(r, bench_table(r), json_path)
 
 
