@@ -18,7 +18,12 @@ app = typer.Typer(
     help="recsched: serve and schedule neural recommendation models.",
 )
 
-_COMMAND_MODULES = ("recsched.bench.cli", "recsched.sim.cli", "recsched.server.cli")
+_COMMAND_MODULES = (
+    "recsched.bench.cli",
+    "recsched.bench.report_cli",
+    "recsched.sim.cli",
+    "recsched.server.cli",
+)
 
 for _name in _COMMAND_MODULES:
     try:

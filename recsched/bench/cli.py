@@ -178,10 +178,13 @@ def bench_cmd(
     if driver == "mlperf":
         from recsched.bench.mlperf import bench_mlperf
 
-        r = bench_mlperf(
-            s, cfg, preset, qps=qps, duration_s=duration, scenario=scenario,
-            user_conf=user_conf, json_path=json_path, trace=rec,
-        )  # fmt: skip
+        try:
+            r = bench_mlperf(
+                s, cfg, preset, qps=qps, duration_s=duration, scenario=scenario,
+                user_conf=user_conf, json_path=json_path, trace=rec,
+            )  # fmt: skip
+        except (ValueError, FileNotFoundError) as exc:
+            _fail(str(exc))
         m = r["mlperf"]
         console.print(f"LoadGen {m['scenario']}: [bold]{m['validity']}[/bold] ({m['log_dir']})")
     else:

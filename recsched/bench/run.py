@@ -18,6 +18,7 @@ from recsched.config import EngineConfig
 from recsched.engine import Engine, EngineClosed, QueueFull
 from recsched.metrics.latency import LatencyLog
 from recsched.metrics.report import cost_core_s_per_1k
+from recsched.metrics.trace import TraceRecorder
 from recsched.models.base import Inputs, ModelAdapter, slice_rows
 from recsched.types import DEFAULT_CLASS, PriorityClass
 from recsched.workload import Workload, generate
@@ -25,6 +26,10 @@ from recsched.workload.arrivals import parse_arrivals
 from recsched.workload.sizes import parse_sizes
 
 LATE_S = 1e-3  # an issue more than this behind its schedule counts as late
+# Percentiles of the compact latency CDF a bench result carries (49 points, dense in the tail)
+CDF_PERCENTILES = (
+    *np.arange(0.0, 90.01, 2.5).tolist(), *range(91, 100), 99.5, 99.9, 100.0,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,35 @@ def bench_result(
         "classes": s["classes"],
         "lane_utilization": record.lane_utilization,
         "cost_core_s_per_1k": cost_core_s_per_1k(record.cores, record.wall_s, s["within_sla"]),
+        "latency_cdf_ms": latency_cdf_ms(record.log),
     }
+
+
+def latency_cdf_ms(log: LatencyLog) -> dict[str, list[list[float]]]:
+    """{"all" | class: [[percentile, ms], ...]} at `CDF_PERCENTILES`, successful queries only
+    (for the report's CDF plots; classes without successes are left out)."""
+    groups = {"all": log.latencies(), **log.by_class()}
+    out = {}
+    for name, lat in groups.items():
+        if len(lat):
+            ms = (np.percentile(lat, CDF_PERCENTILES) * 1e3).tolist()
+            pts = zip(CDF_PERCENTILES, ms, strict=True)
+            out[name] = [[float(p), round(v, 4)] for p, v in pts]
+    return out
+
+
+def attach_trace(engine: Engine, trace: TraceRecorder | None) -> None:
+    """Record the engine's lane tasks into `trace` from now on; lanes named "cpu 0", ...
+
+    The trace's zero is now (events are recorded as tasks end, so the recorder's default
+    origin, the first *recorded* start, could put earlier-started tasks at negative times).
+    """
+    if trace is not None:
+        if trace.origin_s is None:
+            trace.origin_s = engine.clock.now()
+        for lane in engine.lanes:
+            trace.name_lane(lane.index, f"{lane.kind} {lane.index}")
+    engine.trace = trace
 
 
 def warm_up(engine: Engine, pool: InputPool, sizes: tuple[int, ...] = (1, 16, 64, 256)) -> None:
@@ -210,8 +243,12 @@ def bench_once(
     graph=None,
     progress: Callable[[int, int], None] | None = None,
     drain_timeout_s: float | None = None,
+    trace: TraceRecorder | None = None,
 ) -> dict:
-    """Start an engine, warm it up, run one open-loop load, return the bench result."""
+    """Start an engine, warm it up, run one open-loop load, return the bench result.
+
+    With `trace`, the measured run's lane tasks (not the warm-up's) are recorded into it.
+    """
     pool = pool or InputPool.make(adapter, seed=load.seed)
     workload = load.workload()
     engine = Engine(adapter, config, cost=cost, graph=graph, validate=False)
@@ -219,6 +256,7 @@ def bench_once(
         engine.start()
         try:
             warm_up(engine, pool)
+            attach_trace(engine, trace)
             drain = drain_timeout_s if drain_timeout_s is not None else _drain_for(sla_ms)
             rec = run_open_loop(
                 engine, pool, workload, sla_ms=sla_ms, drain_timeout_s=drain, progress=progress
