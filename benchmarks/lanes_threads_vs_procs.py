@@ -114,7 +114,11 @@ def main() -> None:
                 t = time.perf_counter()
                 model(x)
                 bare.append(time.perf_counter() - t)
-        row = {"model": a.model, "batch": b, "bare_forward_us_1thread": statistics.median(bare) * 1e6}
+        row = {
+            "model": a.model,
+            "batch": b,
+            "bare_forward_us_1thread": statistics.median(bare) * 1e6,
+        }
         for name, fn in (
             ("threads", lambda x=x: _thread_lanes(model, x, cores, 1, a.seconds)),
             ("procs", lambda x=x: _proc_lanes(model, x, cores, a.seconds)),
