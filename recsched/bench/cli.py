@@ -32,7 +32,13 @@ ClassesOpt = Annotated[
     str | None,
     typer.Option("--classes", help="Value classes, e.g. high:0.2:10:20ms,low:0.8:1:100ms"),
 ]
-SizesOpt = Annotated[str, typer.Option("--sizes", help="production | fixed:N | lognormal:M:S ..")]
+SizesOpt = Annotated[
+    str,
+    typer.Option(
+        "--sizes",
+        help="production | fixed:N | normal:MEAN:STD | lognormal:MEDIAN:SIGMA | file:PATH",
+    ),
+]
 ArrivalsOpt = Annotated[str, typer.Option("--arrivals", help="poisson | constant | bursty ..")]
 LanesOpt = Annotated[int | None, typer.Option("--lanes", help="CPU lanes (worker threads).")]
 TplOpt = Annotated[int | None, typer.Option("--threads-per-lane", help="Intra-op threads.")]
