@@ -12,19 +12,21 @@ anything is allocated (the size is measured by building the model on the `meta` 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import tomllib
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
 import psutil
 import torch
 
-from recsched.models.base import ModelAdapter
+from recsched.models.base import Inputs, InputSpec, ModelAdapter
 from recsched.models.common import RecModel, config_from_dict
 from recsched.models.dien import DIEN
 from recsched.models.din import DIN
 from recsched.models.dlrm import DLRM
-from recsched.models.inputs import InputMaker
+from recsched.models.inputs import IdSource, InputMaker
 from recsched.models.layers import init_weights
 from recsched.models.ncf import NCF
 from recsched.models.wnd import MultiTaskWnD, WideAndDeep
@@ -170,7 +172,11 @@ def load_model(
 
     `overrides` change config fields (e.g. `interaction="dot"`, `n_tasks=2`, `max_rows=1000`).
     Raises ValueError for an unknown model, scale or field; `ModelTooLarge` if it won't fit.
+    A name registered with `register_model`, or `package.module:factory`, loads your own model.
     """
+    custom = load_custom(name, scale, seed)
+    if custom is not None:
+        return custom
     module = build_module(name, scale, seed, **overrides)
     specs = module.input_specs()
     maker = InputMaker(specs, module.id_sources(), zipf=zipf, key=name)
@@ -182,3 +188,59 @@ def load_model(
         out_dim=module.out_dim,
         info=_info(name, scale, module),
     )
+
+
+# -- bring your own model --------------------------------------------------------------------
+
+_CUSTOM: dict[str, Callable[..., ModelAdapter]] = {}
+
+
+def adapter_for(
+    name: str,
+    module: torch.nn.Module,
+    inputs: Sequence[InputSpec],
+    *,
+    out_dim: int = 1,
+    make_inputs: Callable[[int, int], Inputs] | None = None,
+    id_sources: Sequence[IdSource] = (),
+    zipf: float = 1.05,
+    info: dict[str, Any] | None = None,
+) -> ModelAdapter:
+    """Wrap any `nn.Module` taking `dict[str, Tensor]` (batch-first, rows independent) so it
+    is served, scheduled, profiled and simulated like the zoo models.
+
+    Without `make_inputs`, synthetic inputs follow the specs: dense N(0, 1), index inputs
+    uniform in `[low, high)`, or Zipf for inputs named in `id_sources`.
+    """
+    module = module.eval()
+    specs = tuple(inputs)
+    maker = make_inputs or InputMaker(specs, tuple(id_sources), zipf=zipf, key=name)
+    params = sum(p.numel() for p in module.parameters())
+    meta = {"params": params, "bytes": 4 * params, "scale": "custom", "tables": 0, "rows": 0}
+    meta["dim"] = 0
+    return ModelAdapter(name, module, specs, maker, out_dim, {**meta, **(info or {})})
+
+
+def register_model(name: str, factory: Callable[..., ModelAdapter]) -> None:
+    """Make `load_model(name, scale=..., seed=...)` (and so every CLI command) find a model of
+    yours: `factory(scale=..., seed=...)` returns a ModelAdapter (see `adapter_for`)."""
+    if name in MODELS:
+        raise ValueError(f"{name!r} is a built-in model; pick another name")
+    _CUSTOM[name] = factory
+
+
+def load_custom(name: str, scale: str, seed: int) -> ModelAdapter | None:
+    """A registered model, or `package.module:factory` imported and called; None otherwise."""
+    if name in _CUSTOM:
+        return _CUSTOM[name](scale=scale, seed=seed)
+    if ":" in name:
+        mod_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot load model factory {name!r}: {exc}") from exc
+        adapter = factory(scale=scale, seed=seed)
+        if not isinstance(adapter, ModelAdapter):
+            raise ValueError(f"{name!r} returned {type(adapter).__name__}, not a ModelAdapter")
+        return adapter
+    return None
