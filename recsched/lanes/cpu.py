@@ -40,13 +40,23 @@ class CpuLane:
         )
         self.current: Task | None = None
         self.current_since: float | None = None
+        # Tasks submitted and not yet reported; `abandon` hands them back (lane watchdog).
+        self._pending: dict[int, Task] = {}
+        self._lock = threading.Lock()
+        self._successor: CpuLane | None = None
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, task: Task, work: Work) -> None:
         assert task.lane == self.index, "task given to the wrong lane"
-        self._q.put((task, work))
+        with self._lock:
+            successor = self._successor
+            if successor is None:
+                self._pending[task.tid] = task
+                self._q.put((task, work))
+        if successor is not None:  # this lane was replaced: its successor runs the task
+            successor.submit(task, work)
 
     def stop(self, timeout: float | None = None) -> None:
         self._q.put(_STOP)
@@ -55,6 +65,18 @@ class CpuLane:
 
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def abandon(self, successor: CpuLane) -> list[Task]:
+        """Retire this lane (crashed or hung): later submits go to `successor`, whatever the
+        old thread reports from now on is dropped, and the tasks it had not reported are
+        returned so the engine can fail them.
+        """
+        with self._lock:
+            self._successor = successor
+            tasks = sorted(self._pending.values(), key=lambda t: t.tid)
+            self._pending.clear()
+        self._q.put(_STOP)
+        return tasks
 
     def _run(self) -> None:
         torch.set_num_threads(self.threads)
@@ -74,6 +96,9 @@ class CpuLane:
                 error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
             end = clock.now()
             self.current, self.current_since = None, None
+            with self._lock:
+                if self._pending.pop(task.tid, None) is None:
+                    return  # abandoned meanwhile: the engine has already failed this task
             self.stats.busy_s += end - start
             self.stats.tasks += 1
             self.on_done(LaneResult(task.tid, task.bid, self.index, start, end, error))

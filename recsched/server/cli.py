@@ -1,0 +1,111 @@
+"""`recsched serve MODEL [MODEL...]`: the KServe v2 HTTP server.
+
+starlette and uvicorn (the `server` extra) are imported inside the command, so the rest of
+the command line works without them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+TOKEN_ENV = "RECSCHED_TOKEN"
+
+
+def read_token(token_file: Path | None) -> str | None:
+    """The bearer token of the state-changing endpoints: `--token-file`, else $RECSCHED_TOKEN."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as e:
+            raise typer.BadParameter(f"cannot read token file {token_file}: {e}") from None
+        if not token:
+            raise typer.BadParameter(f"token file {token_file} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV, "").strip() or None
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `serve` command to the recsched command line."""
+
+    @app.command("serve")
+    def serve_cmd(
+        models: list[str] = typer.Argument(..., help="Models to serve (rmc1, ncf, din, ...)."),
+        preset: str = typer.Option("dynamic", help="Engine preset (baseline, dynamic, ...)."),
+        host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
+        port: int = typer.Option(8000, help="TCP port."),
+        scale: str = typer.Option("small", help="Model scale: small | paper."),
+        classes: str | None = typer.Option(
+            None, help="Priority classes NAME:SHARE[:VALUE[:SLA]],...; priority 1 = most valuable."
+        ),
+        token_file: Path | None = typer.Option(
+            None,
+            help=f"File holding the bearer token for state-changing endpoints "
+            f"(default: ${TOKEN_ENV}).",
+        ),  # fmt: skip
+        lanes: int | None = typer.Option(None, help="CPU lanes (default: the preset's)."),
+        max_batch_size: int = typer.Option(4096, help="Most items one request may carry."),
+        max_body_mb: float = typer.Option(64.0, help="Largest request body, MiB."),
+        queue_capacity: int = typer.Option(256, help="Requests waiting for the engine, in all."),
+        hang_s: float = typer.Option(30.0, help="A lane task longer than this is a hung lane."),
+        seed: int = typer.Option(0, help="Model weight seed."),
+        log_level: str = typer.Option("info", help="uvicorn log level."),
+        on_ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve (the ray extra)."),
+        replicas: int = typer.Option(1, help="--ray: engine replicas (one engine each)."),
+        autoscale: str | None = typer.Option(None, help="--ray: autoscale replicas MIN:MAX."),
+        address: str | None = typer.Option(None, help="--ray: a Ray cluster (default: local)."),
+        replica_cpus: float = typer.Option(1.0, help="--ray: CPUs per replica (its lanes)."),
+        router: str = typer.Option("recsched", help="--ray: request router: recsched|default."),
+    ) -> None:
+        """Serve MODELs over HTTP with the KServe v2 / Open Inference Protocol (tritonclient,
+        perf_analyzer). SIGTERM drains in-flight requests and refuses new ones with 503.
+        """
+        if on_ray:  # recsched.serving.cli: the same front, engines on Ray Serve replicas
+            from recsched.serving.cli import serve_ray
+
+            return serve_ray(
+                models, preset=preset, host=host, port=port, scale=scale, classes=classes,
+                token=read_token(token_file), lanes=lanes, queue_capacity=queue_capacity,
+                seed=seed, replicas=replicas, autoscale=autoscale, address=address,
+                replica_cpus=replica_cpus, router=router,
+            )  # fmt: skip
+        try:
+            from recsched.server.app import RecschedServer, ServerConfig, serve
+        except ModuleNotFoundError as e:
+            typer.echo(
+                f"recsched serve needs the server extra ({e.name} is missing): "
+                "pip install 'recsched[server]'",
+                err=True,
+            )
+            raise typer.Exit(2) from None
+        from recsched.config import preset as make_preset
+        from recsched.models.registry import load_model
+        from recsched.server.codec import Limits
+        from recsched.workload.classes import parse_classes
+
+        try:
+            overrides = {"lanes": lanes} if lanes is not None else {}
+            cfg = make_preset(preset, **overrides)
+            prio = parse_classes(classes)
+            limits = Limits(max_batch_size, int(max_body_mb * (1 << 20)))
+            adapters = {m: load_model(m, scale=scale, seed=seed) for m in dict.fromkeys(models)}
+        except (ValueError, MemoryError, AssertionError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        token = read_token(token_file)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            typer.echo(
+                f"warning: binding {host}: the server is reachable beyond this machine", err=True
+            )
+        sc = ServerConfig(limits=limits, queue_capacity=queue_capacity, hang_s=hang_s)
+        server = RecschedServer(
+            adapters, cfg, sc, prio, token, loader=lambda m: load_model(m, scale=scale, seed=seed)
+        )
+        typer.echo(
+            f"serving {', '.join(adapters)} ({preset}, {cfg.lanes} lanes) on http://{host}:{port}"
+            f"; state-changing endpoints {'need the bearer token' if token else 'are disabled'}",
+            err=True,
+        )
+        serve(server, host, port, log_level)
