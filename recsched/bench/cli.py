@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
     app.command("capacity")(capacity_cmd)
     app.command("compare")(compare_cmd)
     app.command("tune")(tune_cmd)
+    app.command("sweep")(sweep_cmd)
 
 
 def _emit(result: dict, table: Table, json_path: Path | None) -> None:
@@ -306,3 +307,71 @@ def tune_cmd(
 
 def _log(msg: str) -> None:
     console.print(msg)
+
+
+def sweep_cmd(
+    model: ModelArg,
+    presets: Annotated[str, typer.Option(help="Comma-separated presets.")] = (
+        "baseline,split,dynamic"
+    ),
+    qps: Annotated[
+        str | None, typer.Option(help="Comma-separated offered rates (default: from capacity).")
+    ] = None,
+    points: Annotated[int, typer.Option(help="Rates when --qps is not given.")] = 6,
+    batch_size: Annotated[int, typer.Option(help="B for split/dynamic.")] = 64,
+    sla_ms: SlaMsOpt = None,
+    sla_x: SlaXOpt = None,
+    percentile: PctOpt = 95.0,
+    classes: ClassesOpt = None,
+    sizes: SizesOpt = "production",
+    arrivals: ArrivalsOpt = "poisson",
+    duration: Annotated[float, typer.Option(help="Seconds per run.")] = 3.0,
+    scale: ScaleOpt = "small",
+    seed: SeedOpt = 0,
+    plot: Annotated[Path | None, typer.Option(help="Write p95/p99 vs load plots here.")] = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Offered load vs p95/p99 for several presets (the same workload seed at each rate)."""
+    from recsched.bench.setup import Setup
+
+    s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile)
+    names = [p.strip() for p in presets.split(",") if p.strip()]
+    if qps:
+        rates = [float(q) for q in qps.split(",")]
+    else:
+        top = 2.5 * s.start_qps(s.config("baseline"))
+        rates = [round(top * (i + 1) / points, 1) for i in range(points)]
+    curves: dict[str, dict] = {}
+    for name in names:
+        cfg = s.config(name, _log, batch_size=batch_size)
+        run = s.run_fn(cfg, name, duration)
+        runs = []
+        for q in rates:
+            r = run(q)
+            runs.append(r)
+            lat = r["latency_ms"]
+            _log(f"  {name}: {q:8.1f} qps  p95={lat['p95']:8.2f} ms  p99={lat['p99']:8.2f} ms")
+        passing = [r["offered_qps"] for r in runs if r.get("sla_met")]
+        curves[name] = {
+            "preset": name, "sla_ms": s.sla_ms, "runs": runs, "config": cfg.to_dict(),
+            "latency_bounded_qps": max(passing) if passing else 0.0,
+        }  # fmt: skip
+    result = {"model": model, "sla_ms": s.sla_ms, "qps": rates, "presets": curves}
+    t = Table(title=f"{model}: p95 / p99 (ms) vs offered load")
+    t.add_column("qps", justify="right")
+    for name in names:
+        t.add_column(name, justify="right")
+    for i, q in enumerate(rates):
+        cells = []
+        for name in names:
+            lat = curves[name]["runs"][i]["latency_ms"]
+            cells.append(f"{lat['p95']:.1f} / {lat['p99']:.1f}")
+        t.add_row(f"{q:g}", *cells)
+    _emit(result, t, json_path)
+    if plot is not None:
+        from recsched.bench.report import plot_load_curves
+
+        plot.mkdir(parents=True, exist_ok=True)
+        out = plot / f"sweep-{model}.png"
+        plot_load_curves(curves, out, f"{model}: offered load vs tail latency")
+        console.print(f"[dim]wrote {out}[/dim]")

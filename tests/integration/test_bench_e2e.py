@@ -49,3 +49,18 @@ def test_cli_bench_writes_json(tmp_path):
                 "classes", "lane_utilization", "cost_core_s_per_1k"):  # fmt: skip
         assert key in r, key
     assert r["model"] == "ncf" and r["queries"] > 0
+
+
+def test_cli_sweep_writes_json_and_plot(tmp_path):
+    out, plots = tmp_path / "s.json", tmp_path / "plots"
+    res = CliRunner().invoke(
+        app,
+        ["sweep", "ncf", "--presets", "baseline,dynamic", "--qps", "20,40", "--duration", "0.5",
+         "--sla-ms", "1000", "--plot", str(plots), "--json", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    assert set(r["presets"]) == {"baseline", "dynamic"}
+    for cap in r["presets"].values():
+        assert [run["offered_qps"] for run in cap["runs"]] == [20.0, 40.0]
+    assert (plots / "sweep-ncf.png").stat().st_size > 5000
