@@ -1,0 +1,299 @@
+"""`recsched simulate` and `recsched fidelity`: the simulator from the command line.
+
+    recsched simulate rmc1 --servers 100 --qps 20000 --duration 60 --preset dynamic \\
+        --profile rmc1.json --balancer p2c --sla-ms 20 --json sim.json
+    recsched fidelity rmc1 --preset baseline --duration 5 --json fidelity.json
+
+Both print rich tables and, with `--json F`, write the same figures as JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from recsched.config import EngineConfig, preset
+from recsched.metrics.report import bench_table, write_json
+
+console = Console(width=None if sys.stdout.isatty() else 140)
+
+ModelArg = Annotated[str, typer.Argument(help="Model name (see `recsched models`).")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the result as JSON here.")]
+PresetOpt = Annotated[str, typer.Option("--preset", help="baseline | dynamic | deeprecsched | ..")]
+ProfileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--profile",
+        help="`recsched profile` JSON of the CPU lanes (default: this machine's, measured "
+        "once at the lanes' thread count and cached).",
+    ),
+]
+ScaleOpt = Annotated[str, typer.Option("--scale", help="Model scale of the default profile.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Workload seed.")]
+ClassesOpt = Annotated[
+    str | None, typer.Option("--classes", help="e.g. high:0.2:10:20ms,low:0.8:1:100ms")
+]
+SizesOpt = Annotated[
+    str,
+    typer.Option("--sizes", help="production | fixed:N | normal:MEAN:STD | lognormal:MEDIAN:SIGMA"),
+]
+ArrivalsOpt = Annotated[
+    str, typer.Option("--arrivals", help="poisson | constant | bursty | diurnal[:PERIOD:AMP]")
+]
+SlaOpt = Annotated[float | None, typer.Option("--sla-ms", help="Tail-latency target (ms).")]
+PctOpt = Annotated[float, typer.Option("--percentile", help="SLA percentile.")]
+LanesOpt = Annotated[int | None, typer.Option("--lanes", help="CPU lanes per server.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="B for split/dynamic.")]
+InterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--interference",
+        help="Interference table JSON, 'default', 'none', or 'model' (measure the model's "
+        "whole-forward co-run slowdown now).",
+    ),
+]
+OverheadOpt = Annotated[
+    float | None,
+    typer.Option("--task-overhead-us", help="Engine cost per task beyond the model (us)."),
+]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate")(simulate_cmd)
+    app.command("fidelity")(fidelity_cmd)
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(2)
+
+
+def _config(
+    name: str, lanes: int | None, batch_size: int | None, **extra: Any
+) -> tuple[EngineConfig, str]:
+    over = {k: v for k, v in {"lanes": lanes, "batch_size": batch_size, **extra}.items()}
+    try:
+        return preset(name, **{k: v for k, v in over.items() if v is not None}), name
+    except ValueError as exc:
+        _fail(str(exc))
+        raise
+
+
+def _default_profile(model: str, scale: str, cfg: EngineConfig) -> dict:
+    from recsched.models.registry import load_model
+    from recsched.sim.run import lane_profile
+
+    console.print(f"[dim]using this machine's profile of {model} ({scale}) ...[/dim]")
+    return lane_profile(load_model(model, scale=scale), cfg.threads_per_lane)
+
+
+def simulate_cmd(
+    model: ModelArg,
+    servers: Annotated[int, typer.Option("--servers", help="Number of servers.")] = 1,
+    qps: Annotated[float, typer.Option("--qps", help="Offered queries/s, whole cluster.")] = 100.0,
+    duration: Annotated[float, typer.Option("--duration", help="Seconds of arrivals.")] = 10.0,
+    preset_name: PresetOpt = "baseline",
+    profile: ProfileOpt = None,
+    classes: ClassesOpt = None,
+    sizes: SizesOpt = "production",
+    arrivals: ArrivalsOpt = "poisson",
+    sla_ms: SlaOpt = None,
+    percentile: PctOpt = 95.0,
+    balancer: Annotated[
+        str, typer.Option("--balancer", help="random | roundrobin | p2c | least")
+    ] = "random",
+    seed: SeedOpt = 0,
+    lanes: LanesOpt = None,
+    batch_size: BatchOpt = None,
+    offload_threshold: Annotated[
+        int | None, typer.Option("--offload-threshold", help="Queries >= T items to accel.")
+    ] = None,
+    accel_lanes: Annotated[int, typer.Option("--accel-lanes", help="Accel lanes/server.")] = 1,
+    accel_profile: Annotated[
+        Path | None, typer.Option("--accel-profile", help="GPU profile (same JSON format).")
+    ] = None,
+    accel_servers: Annotated[
+        int | None, typer.Option("--accel-servers", help="How many servers have the GPU.")
+    ] = None,
+    interference: InterOpt = None,
+    task_overhead_us: OverheadOpt = None,
+    scale: ScaleOpt = "small",
+    trace: Annotated[Path | None, typer.Option("--trace", help="Chrome trace of lanes.")] = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Simulate N servers behind a load balancer, running the real scheduling policies."""
+    from recsched.sim.run import DEFAULT_TASK_OVERHEAD_S, make_workload, simulate
+
+    extra: dict[str, Any] = {}
+    if offload_threshold is not None:
+        extra = {"offload_threshold": offload_threshold, "accel_lanes": accel_lanes}
+    cfg, name = _config(preset_name, lanes, batch_size, **extra)
+    if cfg.request == "tuned" and batch_size is None:
+        console.print(
+            f"[dim]{name}: the preset's default request knobs (B={cfg.batch_size}); "
+            "`recsched capacity --sim` uses the tuner's cached knobs[/dim]"
+        )
+    prof: Any = profile if profile is not None else _default_profile(model, scale, cfg)
+    inter: Any = interference
+    if interference == "model":
+        from recsched.models.registry import load_model
+        from recsched.sim.fidelity import model_interference
+
+        inter = model_interference(load_model(model, scale=scale), sizes, cfg.threads_per_lane)
+    graph_info = None
+    if cfg.operator != "sequential":
+        from recsched.sim.run import model_graph_info
+
+        graph_info = model_graph_info(model, cfg.granularity, scale)
+    try:
+        wl = make_workload(
+            qps, duration, arrivals=arrivals, sizes=sizes, classes=classes, seed=seed
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+        raise
+    overhead = task_overhead_us * 1e-6 if task_overhead_us is not None else None
+    with _progress() as prog:
+        task = prog.add_task(f"{model} {name} x{servers}", total=max(1, len(wl)))
+
+        def on_progress(t: float, done: int) -> None:
+            prog.update(task, completed=done, description=f"{model} {name} t={t:,.1f}s")
+
+        try:
+            r = simulate(
+                model, cfg, prof, qps=qps, duration_s=duration, servers=servers,
+                balancer=balancer, sla_ms=sla_ms, percentile=percentile, seed=seed,
+                accel_profile=accel_profile, accel_servers=accel_servers, graph_info=graph_info,
+                interference=inter, workload=wl, trace=trace, progress=on_progress,
+                task_overhead_s=overhead if overhead is not None else DEFAULT_TASK_OVERHEAD_S,
+                preset_name=name,
+            )  # fmt: skip
+        except (ValueError, KeyError, FileNotFoundError) as exc:
+            _fail(str(exc))
+            raise
+        prog.update(task, completed=len(wl))
+    console.print(bench_table(r))
+    if servers > 1:
+        console.print(servers_table(r))
+    console.print(
+        f"[dim]simulated {r['queries']:,} queries, {r['sim_events']:,} events in "
+        f"{r['sim_wall_s']:.2f} s ({r['sim_queries_per_s']:,.0f} queries/s of wall time; "
+        f"event loop alone {r['sim_loop_queries_per_s']:,.0f}/s)[/dim]"
+    )
+    if trace is not None:
+        console.print(f"[dim]wrote {trace}[/dim]")
+    if json_path is not None:
+        write_json(r, json_path)
+        console.print(f"[dim]wrote {json_path}[/dim]")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}"),
+        TimeElapsedColumn(), console=console, transient=True,
+    )  # fmt: skip
+
+
+def servers_table(r: dict, top: int = 8) -> Table:
+    """Per server type: servers, queries, p95 spread; then the `top` servers by p95."""
+    t = Table(title=f"{len(r['servers'])} servers ({r.get('balancer', '?')} balancer)")
+    for col in ("server", "type", "queries", "rejected", "p50 ms", "p95 ms", "p99 ms", "util"):
+        t.add_column(col, justify="left" if col in ("server", "type") else "right")
+
+    def p95(s: dict) -> float:
+        v = s["latency_ms"]["p95"]
+        return -1.0 if v is None or math.isnan(v) else v
+
+    rows = sorted(r["servers"], key=p95, reverse=True)[:top]
+    for s in rows:
+        lat = s["latency_ms"]
+        util = s["lane_utilization"]
+        t.add_row(
+            str(s["server"]), s["type"], f"{s['queries']:,}", f"{s['rejected']:,}",
+            *(_num(lat[k]) for k in ("p50", "p95", "p99")),
+            f"{100 * sum(util) / max(1, len(util)):.0f}%",
+        )  # fmt: skip
+    t.caption = f"the {len(rows)} servers with the highest p95"
+    return t
+
+
+def _num(x: Any) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.2f}"
+
+
+def fidelity_cmd(
+    model: ModelArg,
+    preset_name: PresetOpt = "baseline",
+    qps: Annotated[
+        str | None, typer.Option("--qps", help="Comma-separated loads (default: 30/60/85%).")
+    ] = None,
+    duration: Annotated[float, typer.Option("--duration", help="Seconds per run.")] = 5.0,
+    profile: ProfileOpt = None,
+    classes: ClassesOpt = None,
+    sizes: SizesOpt = "production",
+    arrivals: ArrivalsOpt = "poisson",
+    sla_ms: SlaOpt = None,
+    lanes: LanesOpt = None,
+    batch_size: BatchOpt = None,
+    interference: InterOpt = "model",
+    task_overhead_us: OverheadOpt = None,
+    scale: ScaleOpt = "small",
+    seed: SeedOpt = 0,
+    json_path: JsonOpt = None,
+) -> None:
+    """Simulated vs real p50/p95/p99 at three loads, same seed and configuration."""
+    from recsched.sim.fidelity import fidelity
+    from recsched.sim.run import DEFAULT_TASK_OVERHEAD_S as DEFAULT_OVERHEAD
+
+    cfg, name = _config(preset_name, lanes, batch_size)
+    loads = [float(x) for x in qps.split(",")] if qps else None
+    overhead = task_overhead_us * 1e-6 if task_overhead_us is not None else DEFAULT_OVERHEAD
+
+    def on_load(row: dict) -> None:
+        e = row["error"]
+        console.print(
+            f"  {row['qps']:8.1f} qps: p95 real {_num(row['real']['p95'])} ms, "
+            f"sim {_num(row['sim']['p95'])} ms ({_pct(e['p95'])})"
+        )
+
+    r = fidelity(
+        model, profile, loads, cfg, duration_s=duration, seed=seed, scale=scale, sla_ms=sla_ms,
+        arrivals=arrivals, sizes=sizes, classes=classes, task_overhead_s=overhead,
+        interference=interference, on_load=on_load,
+    )  # fmt: skip
+    r["preset"] = name
+    console.print(fidelity_table(r))
+    if json_path is not None:
+        write_json(r, json_path)
+        console.print(f"[dim]wrote {json_path}[/dim]")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or math.isnan(x) else f"{100 * x:+.1f}%"
+
+
+def fidelity_table(r: dict) -> Table:
+    t = Table(title=f"fidelity {r['model']} / {r['preset']}: simulated vs real (ms)")
+    t.add_column("qps", justify="right")
+    for p in ("p50", "p95", "p99"):
+        for who in ("real", "sim", "err"):
+            t.add_column(f"{p} {who}", justify="right")
+    for row in r["loads"]:
+        cells = []
+        for p in ("p50", "p95", "p99"):
+            cells += [_num(row["real"][p]), _num(row["sim"][p]), _pct(row["error"][p])]
+        t.add_row(f"{row['qps']:,.1f}", *cells)
+    w = r["max_abs_error"]
+    verdict = "[green]within[/green]" if r["p95_within_goal"] else "[red]outside[/red]"
+    t.caption = (
+        f"largest |error|: p50 {_pct(w['p50'])}, p95 {_pct(w['p95'])}, p99 {_pct(w['p99'])}; "
+        f"p95 {verdict} the {100 * r['goal_p95']:.0f}% goal"
+    )
+    return t

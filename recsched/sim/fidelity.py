@@ -1,0 +1,231 @@
+"""Fidelity: the simulator's p50/p95/p99 against real `bench` runs, same seed and config.
+
+For each offered load, one real open-loop run (`recsched.bench`: the engine on this
+machine's lanes) and one simulated run of the same workload (same arrival spec, sizes,
+classes, duration rule, seed, SLA and engine configuration). The simulator is calibrated
+just before, on this machine: the model's profile at the lanes' thread count (the smallest
+of three), rescaled to serving conditions (inputs not in cache, slower starts after idling,
+the engine's wake-up cost: `recsched.sim.run.serving_correction`), and the slowdown of two
+forwards co-running (`model_interference`). The error at a percentile is
+`(sim - real) / real`. The goal (issue 6) is |error| <= 15% at p95; on a machine shared
+with other work the real runs alone vary by more than that from run to run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from recsched.config import EngineConfig
+from recsched.sim.interference import DEFAULT, calibrate_model
+from recsched.sim.run import (
+    DEFAULT_TASK_OVERHEAD_S,
+    add_engine_idle_cost,
+    idle_model,
+    make_cost,
+    resolve_config,
+    server_types,
+    sim_run_fn,
+)
+from recsched.workload import parse_sizes
+
+PERCENTILES = ("p50", "p95", "p99")
+GOAL_P95 = 0.15
+DEFAULT_LOADS = (0.3, 0.6, 0.85)  # fractions of the estimated capacity
+
+
+def rel_error(sim: float | None, real: float | None) -> float:
+    """(sim - real) / real; NaN when either is missing or real is not positive."""
+    if sim is None or real is None or not (real > 0) or math.isnan(sim) or math.isnan(real):
+        return math.nan
+    return (sim - real) / real
+
+
+def compare(real: dict, sim: dict) -> dict[str, Any]:
+    """One load's row: both runs' percentiles and the relative errors."""
+    rl, sl = real["latency_ms"], sim["latency_ms"]
+    return {
+        "qps": real["offered_qps"],
+        "real": {k: rl.get(k) for k in PERCENTILES},
+        "sim": {k: sl.get(k) for k in PERCENTILES},
+        "error": {k: rel_error(sl.get(k), rl.get(k)) for k in PERCENTILES},
+        "real_completed_qps": real.get("completed_qps"),
+        "sim_completed_qps": sim.get("completed_qps"),
+        "real_lane_utilization": real.get("lane_utilization"),
+        "sim_lane_utilization": sim.get("lane_utilization"),
+    }
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Largest |error| per percentile over the loads, and whether p95 meets the goal."""
+    worst = {}
+    for k in PERCENTILES:
+        errs = [abs(r["error"][k]) for r in rows if not math.isnan(r["error"][k])]
+        worst[k] = max(errs) if errs else math.nan
+    ok = not math.isnan(worst["p95"]) and worst["p95"] <= GOAL_P95
+    return {"max_abs_error": worst, "goal_p95": GOAL_P95, "p95_within_goal": ok}
+
+
+def estimated_capacity_qps(cost: Any, config: EngineConfig, sizes: str, seed: int = 0) -> float:
+    """A rough capacity: CPU lanes / mean predicted service time of a query (whole model)."""
+    n = parse_sizes(sizes).sample(2000, np.random.default_rng(seed))
+    if config.request == "whole":
+        mean_s = float(np.mean([cost.whole_s(int(x)) for x in n]))
+    else:
+        b = config.batch_size
+        per = [(x // b) * cost.whole_s(b) + (cost.whole_s(x % b) if x % b else 0.0) for x in n]
+        mean_s = float(np.mean(per))
+    return config.lanes / max(mean_s, 1e-9)
+
+
+def fresh_profile(adapter: Any, config: EngineConfig, rounds: int = 3) -> dict[str, Any]:
+    """The model's profile measured now (not cached: the machine's load drifts), at the
+    lanes' thread count and granularity, rescaled to serving conditions.
+
+    Each figure is the smallest of `rounds` profiles: other processes' bursts of load only
+    ever make a measurement slower.
+    """
+    from recsched.graph.profile import profile_model
+    from recsched.sim.run import serving_correction
+
+    t = config.threads_per_lane
+    profs = [
+        profile_model(adapter, granularities=(config.granularity,), threads=t)
+        for _ in range(rounds)
+    ]
+    prof = profs[0]
+    prof["whole_ms"] = [min(v) for v in zip(*(p["whole_ms"] for p in profs), strict=True)]
+    ops = prof["granularities"][config.granularity]["ops"]
+    for name in ops:
+        runs = (p["granularities"][config.granularity]["ops"][name] for p in profs)
+        ops[name] = [min(v) for v in zip(*runs, strict=True)]
+    out = serving_correction(adapter, prof, t)
+    add_engine_idle_cost(out, adapter, config)
+    return out
+
+
+def engine_overhead_s(
+    adapter: Any, config: EngineConfig, n: int = 40, items: int = 16, gap_s: float = 0.02
+) -> float:
+    """The engine's own latency per query at low load, beyond its lane's task time.
+
+    Queries of `items` rows are issued one at a time, each after `gap_s` of idling, like
+    the open-loop driver does (sleep to the scheduled time, slice the input pool, submit);
+    the median of (completion - scheduled time) - (the lane's task time) is the cost the
+    engine adds around a task: driver wake-up, hand-off to the lane thread, completion.
+    """
+    import statistics
+    import time
+
+    from recsched.engine import Engine
+    from recsched.metrics.trace import TraceRecorder
+    from recsched.models.base import slice_rows
+    from recsched.types import Query
+
+    pool = adapter.make_inputs(max(256, items), 0)
+    rec = TraceRecorder()
+    done: dict[int, float] = {}
+    cfg = config.replace(request="whole", operator="sequential", offload_threshold=None)
+    over = []
+    with Engine(adapter, cfg, validate=False, trace=rec) as eng:
+        eng.on_complete = lambda r: done.__setitem__(r.qid, r.done_s)
+        for i in range(n + 3):
+            target = time.perf_counter() + gap_s
+            time.sleep(max(0.0, target - time.perf_counter()))
+            x = slice_rows(pool, 0, items)
+            eng.submit(Query(i, adapter.name, items, arrival_s=target), x).result(timeout=30)
+            if i >= 3:  # warm-up
+                over.append(done[i] - target)
+    durs = [e["dur"] * 1e-6 for e in rec.events() if e["ph"] == "X"][3:]
+    assert len(durs) == len(over), "one lane task per query"
+    return max(0.0, statistics.median(o - d for o, d in zip(over, durs, strict=True)))
+
+
+def model_interference(adapter: Any, sizes: str, threads: int = 1, seed: int = 0) -> Any:
+    """The default table with F[mixed, mixed] measured on `adapter` at the median and p90
+    query sizes, with the lanes' thread count (`calibrate_model`)."""
+    n = parse_sizes(sizes).sample(2000, np.random.default_rng(seed))
+    batches = sorted({int(np.percentile(n, 50)), int(np.percentile(n, 90))})
+    return calibrate_model(adapter, batches, DEFAULT, threads=threads)
+
+
+def fidelity(
+    model: str,
+    profile: Any = None,
+    qps_list: Sequence[float] | None = None,
+    config: EngineConfig | str = "baseline",
+    *,
+    duration_s: float = 5.0,
+    seed: int = 0,
+    scale: str = "small",
+    sla_ms: float | None = None,
+    percentile: float = 95.0,
+    arrivals: str = "poisson",
+    sizes: str = "production",
+    classes: str | None = None,
+    task_overhead_s: float = DEFAULT_TASK_OVERHEAD_S,
+    interference: Any = "model",
+    real: Callable[[float], dict] | None = None,
+    on_load: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run real and simulated loads side by side; per-load errors at p50/p95/p99.
+
+    `profile` defaults to the model's profile measured now (`fresh_profile`). `qps_list`
+    defaults to 30/60/85% of the capacity estimated from the profile.
+    `task_overhead_s` is the engine's cost per task when busy; after idling, the profile's
+    measured extra applies (`add_engine_idle_cost`).
+    `interference="model"` measures the model's own co-run slowdown now (`model_interference`);
+    otherwise a table, a JSON path, "default" or "none". `real` replaces the real engine's
+    run (`qps -> bench result`), for tests.
+    """
+    from recsched.bench.setup import Setup  # the real engine and torch: only when asked
+
+    cfg, name = resolve_config(config)
+    setup = Setup.make(
+        model, scale, seed, classes, sizes, arrivals, sla_ms, None, percentile, need_sla=False
+    )
+    if profile is None:
+        profile = fresh_profile(setup.adapter, cfg)
+    graph_info = policy_cost = None
+    if cfg.operator != "sequential":
+        extras = setup.engine_extras(cfg)  # the real engine's graph and policy cost
+        graph_info, policy_cost = extras["graph"].info, extras["cost"]
+    cost = make_cost(profile, cfg.granularity, graph_info)
+    if isinstance(interference, str) and interference == "model":
+        interference = model_interference(setup.adapter, sizes, cfg.threads_per_lane, seed)
+    graph_info = graph_info if graph_info is not None else getattr(cost, "graph", None)
+    types = server_types(
+        cfg, cost, 1, graph_info=graph_info, interference=interference,
+        task_overhead_s=task_overhead_s, policy_cost=policy_cost, idle=idle_model(profile),
+    )  # fmt: skip
+    sim = sim_run_fn(setup, cfg, name, duration_s, types=types)
+    if real is None:
+        real = setup.run_fn(cfg, name, duration_s)
+    if qps_list is None:
+        cap = estimated_capacity_qps(cost, cfg, sizes, seed)
+        qps_list = [round(f * cap, 1) for f in DEFAULT_LOADS]
+    rows = []
+    for q in qps_list:
+        row = compare(real(float(q)), sim(float(q)))
+        rows.append(row)
+        if on_load is not None:
+            on_load(row)
+    return {
+        "model": model,
+        "preset": name,
+        "config": cfg.to_dict(),
+        "scale": scale,
+        "seed": seed,
+        "duration_s": duration_s,
+        "sla_ms": setup.sla_ms,
+        "task_overhead_s": task_overhead_s,
+        "interference": types[0].interference.to_dict(),
+        "serving_correction": (profile or {}).get("serving_correction")
+        if isinstance(profile, dict)
+        else None,
+        "loads": rows,
+        **summarize(rows),
+    }
