@@ -89,11 +89,13 @@ def peak(adapter: ModelAdapter, refresh: bool = False) -> dict:
     return cached(f"peak-{model_key(adapter)}", lambda: measure_peak(adapter), refresh)
 
 
-def profile(adapter: ModelAdapter, refresh: bool = False, **kw: Any) -> dict:
-    """`recsched profile` at the default batch sizes (cached)."""
+def profile(adapter: ModelAdapter, threads: int = 1, refresh: bool = False, **kw: Any) -> dict:
+    """`recsched profile` at the default batch sizes, with a lane's intra-op thread count
+    (one by default, as the default lanes run), cached."""
     from recsched.graph.profile import profile_model
 
-    return cached(f"profile-{model_key(adapter)}", lambda: profile_model(adapter, **kw), refresh)
+    key = f"profile-{model_key(adapter)}-t{threads}"
+    return cached(key, lambda: profile_model(adapter, threads=threads, **kw), refresh)
 
 
 def machine_info() -> dict:

@@ -133,7 +133,7 @@ class Setup:
             from recsched.graph.cost import CostModel
 
             graph = build_graph(self.adapter, g)
-            prof = calibrate.profile(self.adapter)
+            prof = calibrate.profile(self.adapter, threads=cfg.threads_per_lane)
             self._graphs[g] = graph
             self._costs[g] = CostModel.from_profile(prof, g, graph.info)
         return {"graph": self._graphs[g], "cost": self._costs[g]}

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from itertools import count
 
+from recsched import sched
 from recsched.types import Batch, Part, Query
 
 
@@ -90,7 +91,7 @@ class RequestPolicy:
     def schedule(self, now: float, idle_lanes: int = 0) -> RequestPlan:
         """Batches ready now. `idle_lanes`: CPU lanes with nothing to do (flush the buffer)."""
         if self._buffer:
-            expired = now - self._buffer[0].since >= self.merge_delay_s
+            expired = now >= self._buffer[0].since + self.merge_delay_s  # same sum as wake_at
             while self._buffered_items >= self.batch_size:
                 self._flush(now, self.batch_size)
             if self._buffer and (expired or idle_lanes > 0):
@@ -138,6 +139,8 @@ class RequestPolicy:
         self._ready.append(b)
 
     def check_invariants(self) -> None:
+        if not sched.CHECKS:
+            return
         assert self._buffered_items == sum(w.query.n_items - w.start for w in self._buffer)
         assert self.items_in == self.items_out + self._buffered_items
         for b in self._ready:

@@ -95,3 +95,11 @@ def test_batch_carries_highest_value_and_earliest_deadline():
 
 def test_tuned_is_dynamic():
     assert RequestPolicy("tuned").mode == "dynamic"
+
+
+def test_expiry_uses_the_same_sum_as_the_wake_time():
+    # 0.1 + 0.001 - 0.1 < 0.001 in floating point: waking at wake_at must flush
+    p = RequestPolicy("dynamic", batch_size=64, merge_delay_s=0.001)
+    p.push(q(1, 3), 0.1)
+    wake = p.schedule(0.1).wake_at
+    assert parts(p.schedule(wake)) == [(Part(1, 0, 3),)]
