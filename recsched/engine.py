@@ -343,8 +343,11 @@ class Engine:
             offset += p.size
 
     def _resolve(self, done: list[_QueryState], now: float) -> None:
+        """Record each finished query (`on_complete`), then resolve its future."""
         for qs in done:
             q = qs.query
+            if self.on_complete is not None:
+                self.on_complete(QueryResult(q.qid, q.cls, q.n_items, q.arrival_s, now, qs.error))
             if qs.error is not None:
                 self.failed += 1
                 qs.future.set_exception(QueryFailed(f"query {q.qid}: {qs.error}"))
@@ -354,8 +357,6 @@ class Engine:
                 assert scores.shape[0] == q.n_items, "every item scored exactly once"
                 self.completed += 1
                 qs.future.set_result(scores)
-            if self.on_complete is not None:
-                self.on_complete(QueryResult(q.qid, q.cls, q.n_items, q.arrival_s, now, qs.error))
 
     # -- reporting ------------------------------------------------------------------------
     def lane_utilization(self, since: float | None = None) -> list[float]:
