@@ -25,6 +25,8 @@ from recsched.sched.tuner import Knob, Measurement, TuningSpace, default_space
 if TYPE_CHECKING:
     from recsched.bench.setup import Log, Setup
 
+AUTO_BUDGET = 8  # tuning on a cache miss (e.g. inside `compare`): about a minute on rmc1
+AUTO_DURATION_S = 1.5
 TUNED_FIELDS = ("batch_size", "merge_delay_ms", "lanes", "threads_per_lane", "offload_threshold")
 
 
@@ -106,7 +108,7 @@ def tuned_knobs(setup: Setup, cfg: EngineConfig, log: Log | None = None) -> dict
     if hit is None:
         if log is not None:
             log(f"[yellow]no tuned configuration cached for {setup.adapter.name}; tuning now")
-        tune(setup, log=log)
+        tune(setup, log=log, budget=AUTO_BUDGET, duration=AUTO_DURATION_S)
         hit = cache.get(setup.adapter.name, setup.scale, setup.sla_ms, key_sizes)
         assert hit is not None, "tuning stores its result"
     best, m = hit
