@@ -10,9 +10,7 @@ from recsched.sched.operator import Sequential
 from recsched.sched.request import RequestPolicy
 from recsched.types import LaneResult, Query
 
-arrivals = st.lists(
-    st.tuples(st.floats(0, 0.05), st.integers(1, 300)), min_size=1, max_size=40
-)
+arrivals = st.lists(st.tuples(st.floats(0, 0.05), st.integers(1, 300)), min_size=1, max_size=40)
 modes = st.sampled_from(["whole", "split", "dynamic"])
 
 
@@ -63,4 +61,4 @@ def test_every_item_scored_exactly_once(arr, mode, b, delay, lanes):
     for qid, (_, n) in enumerate(sorted(arr)):
         rows = sorted(scored[qid])
         assert rows[0][0] == 0 and rows[-1][1] == n
-        assert all(a[1] == b_[0] for a, b_ in zip(rows, rows[1:])), "gap or overlap"
+        assert all(a[1] == b_[0] for a, b_ in zip(rows, rows[1:], strict=False)), "gap or overlap"

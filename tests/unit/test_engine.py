@@ -58,10 +58,13 @@ def test_scores_match_eager_in_item_order(cfg):
     sizes = [1, 7, 13, 2, 30, 5, 1, 9]
     inputs = [ad.make_inputs(n, i) for i, n in enumerate(sizes)]
     with Engine(ad, cfg) as eng:
-        futs = [eng.submit(Query(i, "tiny", n), x) for i, (n, x) in enumerate(zip(sizes, inputs))]
+        futs = [
+            eng.submit(Query(i, "tiny", n), x)
+            for i, (n, x) in enumerate(zip(sizes, inputs, strict=True))
+        ]
         wait(futs, timeout=10)
     with torch.inference_mode():
-        for f, x, n in zip(futs, inputs, sizes):
+        for f, x, n in zip(futs, inputs, sizes, strict=True):
             got = f.result()
             assert got.shape == (n, 1)
             torch.testing.assert_close(got, ad.module(x))
