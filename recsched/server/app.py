@@ -42,6 +42,7 @@ from starlette.routing import Route
 import recsched
 from recsched.config import EngineConfig, preset
 from recsched.engine import Engine, EngineClosed, QueryFailed, QueueFull
+from recsched.metrics.trace import TraceRecorder, write_trace
 from recsched.models.base import ModelAdapter
 from recsched.server import codec
 from recsched.server.admission import (
@@ -89,6 +90,7 @@ class ServerConfig:
     version: str = "1"
     decode_in_thread_bytes: int = 8 << 20
     engine_factory: Callable[[ModelAdapter, EngineConfig], Any] | None = None
+    trace_path: str | None = None
 
     def window_for(self, cfg: EngineConfig) -> int:
         return self.window or 2 * (cfg.lanes + cfg.accel_lanes)
@@ -153,6 +155,7 @@ class ModelHost:
         self.admission = AdmissionQueue(classes, sc.queue_capacity, sc.window_for(config))
         self.loop: asyncio.AbstractEventLoop | None = None
         self._qids = itertools.count()
+        self.trace: TraceRecorder | None = None  # lane trace (`serve --trace`), set by the server
 
     # -- lifecycle (blocking: call from a thread when the loop runs) --------------------
     def start(self) -> None:
@@ -178,7 +181,12 @@ class ModelHost:
     def _new_engine(self, config: EngineConfig) -> Engine:
         make = self.sc.engine_factory
         eng = make(self.adapter, config) if make else Engine(self.adapter, config, validate=False)
-        return eng.start()
+        eng.start()
+        if self.trace is not None and isinstance(eng, Engine):
+            from recsched.bench.run import attach_trace
+
+            attach_trace(eng, self.trace)
+        return eng
 
     # -- serving (event loop) -------------------------------------------------------------
     async def run(self, req: codec.InferRequest, cls: PriorityClass, t: Timings) -> Any:
@@ -300,6 +308,9 @@ class RecschedServer:
         self.hosts: dict[str, ModelHost] = {
             n: ModelHost(n, a, self.engine_config, self.classes, sc) for n, a in adapters.items()
         }
+        if sc.trace_path:  # one trace process per model, one thread row per lane
+            for pid, (n, h) in enumerate(self.hosts.items()):
+                h.trace = TraceRecorder(pid=pid, process_name=n)
         self.metrics = ServerMetrics(sc.version)
         self.metrics.watch_engines(self.serving_engines)
         self.watchdog = LaneWatchdog(self.serving_engines, sc.hang_s, sc.watchdog_s, self._replaced)
@@ -327,6 +338,9 @@ class RecschedServer:
             self.watchdog.stop()
             for h in self.hosts.values():
                 await asyncio.to_thread(h.close, "server stopped")
+            if self.config.trace_path:
+                recorders = [h.trace for h in self.hosts.values() if h.trace is not None]
+                write_trace(self.config.trace_path, recorders)
 
     def begin_drain(self) -> None:
         """Refuse new requests (503) from now on; in-flight ones finish."""

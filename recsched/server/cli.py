@@ -52,6 +52,9 @@ def register(app: typer.Typer) -> None:
         hang_s: float = typer.Option(30.0, help="A lane task longer than this is a hung lane."),
         seed: int = typer.Option(0, help="Model weight seed."),
         log_level: str = typer.Option("info", help="uvicorn log level."),
+        trace: Path | None = typer.Option(
+            None, help="Write lane traces (Chrome trace JSON) here when the server stops."
+        ),
         on_ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve (the ray extra)."),
         replicas: int = typer.Option(1, help="--ray: engine replicas (one engine each)."),
         autoscale: str | None = typer.Option(None, help="--ray: autoscale replicas MIN:MAX."),
@@ -99,7 +102,10 @@ def register(app: typer.Typer) -> None:
             typer.echo(
                 f"warning: binding {host}: the server is reachable beyond this machine", err=True
             )
-        sc = ServerConfig(limits=limits, queue_capacity=queue_capacity, hang_s=hang_s)
+        sc = ServerConfig(
+            limits=limits, queue_capacity=queue_capacity, hang_s=hang_s,
+            trace_path=str(trace) if trace else None,
+        )  # fmt: skip
         server = RecschedServer(
             adapters, cfg, sc, prio, token, loader=lambda m: load_model(m, scale=scale, seed=seed)
         )

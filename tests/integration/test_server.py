@@ -547,3 +547,18 @@ def test_every_request_gets_exactly_one_response_under_a_burst():
         stats = rs.metrics.stats_of("tiny").durations
         assert stats["success"].count == ok and stats["fail"].count == failed
         assert 'nv_inference_pending_request_count{model="tiny",version="1"} 0' in text
+
+
+def test_serve_trace_writes_chrome_trace_of_every_lane(tmp_path):
+    path = tmp_path / "serve-trace.json"
+    with served(trace_path=str(path)) as (rs, bg, ad):
+        with sync_client(base_url=bg.url) as c:
+            for k in range(12):
+                body, headers, _ = body_for(n=5, seed=k)
+                r = c.post("/v2/models/tiny/infer", content=body, headers=headers)
+                assert r.status_code == 200, r.text
+    doc = json.loads(path.read_text())
+    runs = [e for e in doc["traceEvents"] if e.get("ph") == "X"]
+    assert runs and all(e["dur"] >= 0 and e["ts"] >= 0 for e in runs)
+    assert {e["pid"] for e in runs} == {0}
+    assert sum(e["args"]["items"] for e in runs) == 12 * 5
