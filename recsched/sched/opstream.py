@@ -557,6 +557,11 @@ class DagPolicy(OperatorPolicy):
         """The ops a task runs (`ops=None`: the whole model)."""
         return self.all_ops if t.ops is None else t.ops
 
+    def task_ops(self, tid: int) -> tuple[int, ...] | None:
+        """The ops of a running task (None: the whole model, or unknown), for lane traces."""
+        t = self.tasks.get(tid)
+        return None if t is None else t.ops
+
     def ready_delta(self, dag: BatchDag, n: int) -> None:
         self.ready_n[dag.kind] += n
         if dag.low:

@@ -11,8 +11,6 @@ from recsched.config import EngineConfig, preset
 from recsched.engine import Engine
 from recsched.metrics.trace import TraceRecorder
 from recsched.models.registry import load_model
-from recsched.sched.operator import OperatorPolicy
-from recsched.sched.opstream import RoundRobin
 from recsched.types import Query
 
 
@@ -89,11 +87,6 @@ def test_operator_level_trace_has_every_lane(ncf, tmp_path):
         assert e["name"] == "model" or set(e["name"].split("+")) <= op_names, e["name"]
 
 
-@pytest.mark.xfail(
-    RoundRobin.task_ops is OperatorPolicy.task_ops,
-    reason="the operator-graph policies do not report task_ops yet (sched/opstream.py)",
-    strict=True,
-)
 def test_operator_level_trace_names_operators(ncf, tmp_path):
     xs, _, op_names = _op_trace(ncf, tmp_path)
     assert "model" not in {e["name"] for e in xs}, "operator tasks are named by their ops"
