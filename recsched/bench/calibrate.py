@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -96,12 +95,3 @@ def profile(adapter: ModelAdapter, threads: int = 1, refresh: bool = False, **kw
 
     key = f"profile-{model_key(adapter)}-t{threads}"
     return cached(key, lambda: profile_model(adapter, threads=threads, **kw), refresh)
-
-
-def machine_info() -> dict:
-    return {
-        "cores": os.cpu_count(),
-        "fingerprint": machine_fingerprint(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
