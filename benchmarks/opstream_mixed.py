@@ -259,7 +259,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per variant")
     ap.add_argument("--cap-duration", type=float, default=4.0, help="per capacity-search run")
     ap.add_argument("--baseline-qps", type=float, help="skip the baseline capacity search")
-    ap.add_argument("--granularity", default="auto", choices=["auto", "coarse", "fine"])
+    ap.add_argument("--granularity", default="auto", choices=["auto", "coarse", "fine", "model"])
     ap.add_argument("--request", choices=["dynamic", "split"], help="skip the tuner")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--merge-delay", type=float, default=1.0)

@@ -24,7 +24,10 @@ class EngineConfig:
     batch_size: B for split/dynamic. merge_delay_ms: the most a small query waits to be merged.
     offload_threshold: queries with n_items >= T go to accelerator lanes (None: never).
     operator: sequential | roundrobin | opstream. lanes / threads_per_lane: CPU lanes.
-    granularity: coarse | fine operator graphs (operator policies other than sequential).
+    granularity: coarse | fine | model operator graphs (operator policies other than
+    sequential); `model` is the whole model as one operator (recsched.graph.whole).
+    compiled: whole-model tasks run the TorchScript forward (`ModelAdapter.compiled`), which
+    runs without the GIL; False runs the eager module (for comparison and for debugging).
     """
 
     request: str = "whole"
@@ -38,6 +41,7 @@ class EngineConfig:
     granularity: str = "coarse"
     queue_capacity: int = 4096
     opstream: dict[str, Any] = field(default_factory=dict)
+    compiled: bool = True
 
     def __post_init__(self) -> None:
         if self.request not in REQUEST_POLICIES:
@@ -54,8 +58,8 @@ class EngineConfig:
             raise ValueError("lanes and threads_per_lane must be >= 1")
         if self.offload_threshold is not None and self.offload_threshold < 1:
             raise ValueError("offload_threshold must be >= 1")
-        if self.granularity not in ("coarse", "fine"):
-            raise ValueError("granularity is coarse or fine")
+        if self.granularity not in ("coarse", "fine", "model"):
+            raise ValueError("granularity is coarse, fine or model")
         if self.queue_capacity < 1:
             raise ValueError("queue_capacity must be >= 1")
 

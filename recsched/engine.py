@@ -98,6 +98,7 @@ class Engine:
                 "offload_threshold needs a CUDA device, and torch.cuda.is_available() is False "
                 "on this machine; leave the threshold unset to serve on CPU lanes"
             )
+        self.forward = adapter.runner(config.compiled)  # compiled here, not in a lane
         self.graph = graph
         if config.operator != "sequential" and graph is None:
             from recsched.graph import build_graph
@@ -286,7 +287,7 @@ class Engine:
 
             def run_whole() -> None:
                 if not self._aborted:
-                    bs.output = self.adapter.module(concat_rows(bs.sources))
+                    bs.output = self.forward(concat_rows(bs.sources))
 
             return run_whole
         graph = self.graph

@@ -51,23 +51,27 @@ def cached(name: str, compute: Callable[[], Any], refresh: bool = False) -> Any:
 
 
 def model_key(adapter: ModelAdapter) -> str:
+    """Model, scale and the forward served (`ts`: TorchScript, `eager`: its fallback)."""
     scale = adapter.info.get("scale", "custom")
-    return f"{adapter.name}-{scale}"
+    forward = "ts" if adapter.compiled().kind == "torchscript" else "eager"
+    return f"{adapter.name}-{scale}-{forward}"
 
 
 @torch.inference_mode()
 def alone_ms(adapter: ModelAdapter, n_items: int, threads: int = 1, repeats: int = 15) -> float:
-    """Median latency (ms) of one forward of `n_items` rows with `threads` intra-op threads."""
+    """Median latency (ms) of one served (compiled) forward of `n_items` rows with `threads`
+    intra-op threads."""
     x = adapter.make_inputs(n_items, 123)
+    forward = adapter.runner()
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for _ in range(3):
-            adapter.module(x)
+            forward(x)
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
-            adapter.module(x)
+            forward(x)
             times.append(time.perf_counter() - t)
     finally:
         torch.set_num_threads(old)

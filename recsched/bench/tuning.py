@@ -185,9 +185,13 @@ def round_sla(sla_ms: float) -> float:
     return float(f"{sla_ms:.2g}")
 
 
+# Bumped when what a tuned configuration was measured on changes (2: TorchScript forwards).
+CACHE_VERSION = 2
+
+
 class TuneCache:
     """Best configurations on disk, one JSON file per (model, scale, SLA rounded to two
-    significant digits, size-distribution spec, machine fingerprint)."""
+    significant digits, size-distribution spec, machine fingerprint, CACHE_VERSION)."""
 
     def __init__(self, directory: str | Path, fingerprint: Mapping[str, Any] | None = None):
         self.dir = Path(directory)
@@ -200,6 +204,7 @@ class TuneCache:
             "sla_ms": round_sla(sla_ms),
             "sizes": sizes,
             "machine": self.fingerprint,
+            "version": CACHE_VERSION,
         }
 
     def path(self, model: str, scale: str, sla_ms: float, sizes: str) -> Path:

@@ -73,7 +73,11 @@ class CostModel:
     def from_profile(
         cls, profile: Mapping[str, Any], granularity: str, graph: GraphInfo
     ) -> CostModel:
-        """Read a profile dict (`profile_model` / `load_profile`) for `graph`'s ops."""
+        """Read a profile dict (`profile_model` / `load_profile`) for `graph`'s ops. The
+        `model` granularity's one op costs the whole forward (`whole_ms`), with no dispatch."""
+        if granularity == "model" and "model" not in profile["granularities"]:
+            one = {"ops": {op.name: profile["whole_ms"] for op in graph.ops}, "dispatch_us": 0.0}
+            profile = {**profile, "granularities": {**profile["granularities"], "model": one}}
         if granularity not in profile["granularities"]:
             raise KeyError(f"the profile of {profile.get('model')} has no {granularity!r} ops")
         if graph.granularity != granularity:

@@ -845,7 +845,12 @@ def _fine_module(n: fx.Node, stages: frozenset[str]) -> str | None:
 
 
 def build_graph(adapter: ModelAdapter, granularity: str = "coarse") -> OpGraph:
-    """Trace `adapter`'s model into an executable operator graph ("coarse" or "fine")."""
+    """Trace `adapter`'s model into an executable operator graph ("coarse" or "fine"; "model"
+    gives the one-operator graph of `recsched.graph.whole`)."""
+    if granularity == "model":
+        from recsched.graph.whole import build_model_graph
+
+        return build_model_graph(adapter)  # type: ignore[return-value]
     gm, stages = trace(adapter, granularity)
     p2, p4 = (_probe(gm, adapter, b) for b in PROBE_BATCHES)
     grouper = _Grouper(gm, p2, stages, coarse=granularity == "coarse")

@@ -21,6 +21,7 @@ from recsched.types import OpClass
 INTENSITY_THRESHOLD = 10.0  # flops per byte
 CLASSIFY_BATCH = 64  # items; intensity grows with the batch (weights are read once per call)
 MEMORY_KINDS = frozenset({"embedding"})
+GRANULARITIES = ("coarse", "fine", "model")
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ def classify(
 
 @dataclass(frozen=True)
 class GraphInfo:
-    """A model's operator DAG at one granularity ("coarse" or "fine"), tensor-free.
+    """A model's operator DAG at one granularity ("coarse", "fine", or "model": the whole
+    model as one operator), tensor-free.
 
     `ops[i].idx == i`, ops are in a topological order (every dep has a smaller index), and
     every op reaches `output_op`, the op whose result is the model's output.
@@ -89,7 +91,7 @@ class GraphInfo:
     def __post_init__(self) -> None:
         n = len(self.ops)
         assert n > 0, "a graph has at least one op"
-        assert self.granularity in ("coarse", "fine"), self.granularity
+        assert self.granularity in GRANULARITIES, self.granularity
         assert 0 <= self.output_op < n, "output_op out of range"
         succ: list[list[int]] = [[] for _ in range(n)]
         for i, op in enumerate(self.ops):

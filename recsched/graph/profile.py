@@ -140,15 +140,18 @@ def profile_model(
     threads: int | None = None,
     scale: str | None = None,
     seed: int = 0,
+    compiled: bool = True,
 ) -> dict[str, Any]:
     """Measure whole-model and per-operator latency (ms) at each batch size. See the module
-    docstring for the format; `threads` sets torch's intra-op threads while measuring."""
+    docstring for the format; `threads` sets torch's intra-op threads while measuring.
+    `compiled`: time the whole model with the forward the engine serves (TorchScript)."""
     sizes = sorted({int(b) for b in batch_sizes})
     assert sizes and sizes[0] >= 1, "batch sizes are positive"
     graphs = {g: build_graph(adapter, g) for g in granularities}
     inputs = [adapter.make_inputs(b, seed) for b in sizes]
+    forward = adapter.runner(compiled)
     with torch_threads(threads) as n_threads, torch.inference_mode():
-        whole = [median_ms(lambda x=x: adapter.forward(x), repeats, warmup) for x in inputs]
+        whole = [median_ms(lambda x=x: forward(x), repeats, warmup) for x in inputs]
         per_gran = {
             g: _profile_graph(graph, inputs, repeats, warmup) for g, graph in graphs.items()
         }
@@ -159,6 +162,7 @@ def profile_model(
         "repeats": repeats,
         "warmup": warmup,
         "machine": machine(),
+        "forward": adapter.compiled().kind if compiled else "eager",
         "batch_sizes": sizes,
         "whole_ms": whole,
         "granularities": per_gran,
@@ -189,10 +193,11 @@ def load_profile(path: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- peak
 
 
-def _throughput(adapter: ModelAdapter, inputs: dict, workers: int, duration_s: float) -> float:
-    """Items/s of `workers` threads each running forward on `inputs` for `duration_s`."""
+def _throughput(forward: Callable, inputs: dict, workers: int, duration_s: float) -> float:
+    """Items/s of `workers` threads each running `forward` on `inputs` for `duration_s`."""
     rows = _rows(inputs)
-    adapter.forward(inputs)  # warm-up
+    with torch.inference_mode():
+        forward(inputs)  # warm-up
     done = [0] * workers
     ends = [0.0] * workers
     start = time.perf_counter()
@@ -201,7 +206,7 @@ def _throughput(adapter: ModelAdapter, inputs: dict, workers: int, duration_s: f
     def work(w: int) -> None:
         with torch.inference_mode():
             while True:
-                adapter.forward(inputs)
+                forward(inputs)
                 done[w] += 1
                 ends[w] = time.perf_counter()
                 if ends[w] >= deadline:
@@ -221,9 +226,12 @@ def measure_peak(
     duration_s: float = 1.0,
     workers: int | None = None,
     seed: int = 0,
+    compiled: bool = True,
 ) -> dict[str, Any]:
     """The offline throughput limit: best items/s over batch sizes and over two ways of using
-    `workers` cores (1 worker x N torch threads, N workers x 1 thread)."""
+    `workers` cores (1 worker x N torch threads, N workers x 1 thread), with the forward the
+    engine serves (TorchScript unless `compiled=False`)."""
+    forward = adapter.runner(compiled)
     n = workers or os.cpu_count() or 1
     configs = {f"1x{n}": (1, n)} if n == 1 else {f"1x{n}": (1, n), f"{n}x1": (n, 1)}
     per_config: dict[str, dict[str, float]] = {name: {} for name in configs}
@@ -231,7 +239,7 @@ def measure_peak(
         inputs = adapter.make_inputs(int(b), seed)
         for name, (w, t) in configs.items():
             with torch_threads(t):
-                per_config[name][str(b)] = _throughput(adapter, inputs, w, duration_s)
+                per_config[name][str(b)] = _throughput(forward, inputs, w, duration_s)
     per_batch = {b: max(c[b] for c in per_config.values()) for b in per_config[f"1x{n}"]}
     best_batch = max(per_batch, key=per_batch.get)
     best_config = max(configs, key=lambda c: per_config[c][best_batch])
@@ -240,6 +248,7 @@ def measure_peak(
         "peak_items_per_s": per_batch[best_batch],
         "best_batch": int(best_batch),
         "best_config": best_config,
+        "forward": adapter.compiled().kind if compiled else "eager",
         "cores": n,
         "duration_s": duration_s,
         "per_batch": per_batch,

@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from recsched.models.compiled import Compiled, compile_forward
+
 Inputs = dict[str, torch.Tensor]
 
 
@@ -62,6 +64,7 @@ class ModelAdapter:
     make_inputs: Callable[[int, int], Inputs]
     out_dim: int = 1
     info: dict[str, object] = field(default_factory=dict)
+    _compiled: Compiled | None = field(default=None, init=False, repr=False, compare=False)
 
     def spec(self, name: str) -> InputSpec:
         for s in self.inputs:
@@ -71,7 +74,21 @@ class ModelAdapter:
 
     @torch.inference_mode()
     def forward(self, inputs: Inputs) -> torch.Tensor:
+        """The eager forward (the reference every other path is checked against)."""
         return self.module(inputs)
+
+    def compiled(self) -> Compiled:
+        """The TorchScript forward (compiled once, checked against eager; eager on failure).
+
+        Call it before handing the adapter to threads: the first call compiles.
+        """
+        if self._compiled is None:
+            self._compiled = compile_forward(self.module, self.make_inputs)
+        return self._compiled
+
+    def runner(self, compiled: bool = True) -> Callable[[Inputs], torch.Tensor]:
+        """The forward to serve with: compiled (default) or the eager module."""
+        return self.compiled().forward if compiled else self.module
 
 
 def validate_inputs(

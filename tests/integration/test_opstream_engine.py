@@ -23,7 +23,7 @@ def model(name: str):
     """The small model and both its graphs, built once per test session."""
     if name not in _MODELS:
         ad = load_model(name, "small")
-        _MODELS[name] = ad, {g: build_graph(ad, g) for g in ("coarse", "fine")}
+        _MODELS[name] = ad, {g: build_graph(ad, g) for g in ("coarse", "fine", "model")}
     return _MODELS[name]
 
 
@@ -54,6 +54,8 @@ def run(ad, graph, cfg, sizes=SIZES, values=None) -> tuple[list, Engine]:
         ("rmc1", "roundrobin", "fine"),
         ("din", "opstream", "coarse"),
         ("din", "roundrobin", "fine"),
+        ("rmc1", "opstream", "model"),
+        ("din", "roundrobin", "model"),
     ],
 )
 def test_scores_equal_eager_execution(name, policy, granularity, monkeypatch):
@@ -93,8 +95,10 @@ def test_whole_fresh_batches_run_the_model_forward(monkeypatch):
     assert any(t.ops is None for t in tasks)
 
 
-@pytest.mark.parametrize("name", ["rmc1", "din"])
-def test_mixed_values_with_every_mechanism_split_and_gated(name):
+@pytest.mark.parametrize(
+    "name, granularity", [("rmc1", "coarse"), ("din", "coarse"), ("rmc1", "model")]
+)
+def test_mixed_values_with_every_mechanism_split_and_gated(name, granularity):
     """Tiny split/gate budgets force row pieces and gating on a real model."""
     ad, graphs = model(name)
     opts = {
@@ -108,12 +112,12 @@ def test_mixed_values_with_every_mechanism_split_and_gated(name):
         "piece_overhead": 1.0,
         "min_piece_rows": 2,
     }
-    cfg = preset("opstream", batch_size=64, opstream=opts)
+    cfg = preset("opstream", batch_size=64, granularity=granularity, opstream=opts)
     values = [10.0 if i % 4 == 0 else 1.0 for i in range(len(SIZES))]
-    _, eng = run(ad, graphs["coarse"], cfg, values=values)
+    _, eng = run(ad, graphs[granularity], cfg, values=values)
     pol = eng.core.operator
     assert eng.completed == len(SIZES)
-    assert pol.ops_dispatched > pol.batches_in * len(graphs["coarse"].info.ops)  # pieces ran
+    assert pol.ops_dispatched > pol.batches_in * len(graphs[granularity].info.ops)  # pieces ran
     pol.check_invariants()
 
 
