@@ -12,6 +12,7 @@ some operators, scatter scores) outside the lock. Futures are resolved outside t
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 from collections.abc import Callable
@@ -70,6 +71,10 @@ class _BatchState:
 
 def cuda_available() -> bool:
     return torch.cuda.is_available()
+
+
+# What `Engine.reconfigure` may change while serving (the request level).
+RETUNABLE = ("request", "batch_size", "merge_delay_ms")
 
 
 class Engine:
@@ -204,6 +209,27 @@ class Engine:
         for t in tasks:
             self._on_lane_done(LaneResult(t.tid, t.bid, index, now, now, f"lane {index} {reason}"))
         return len(tasks)
+
+    def reconfigure(self, config: EngineConfig) -> None:
+        """Switch the request-level knobs (`RETUNABLE`) while serving: what the online
+        retuner moves. Queries already cut into batches keep their batches; the merge buffer
+        is re-cut under the new batch size. Other fields (lanes, operator policy) need a new
+        engine: a ValueError says which."""
+        fixed = [
+            f.name
+            for f in dataclasses.fields(EngineConfig)
+            if f.name not in RETUNABLE and getattr(config, f.name) != getattr(self.config, f.name)
+        ]
+        if fixed:
+            raise ValueError(f"only {RETUNABLE} change while serving; {fixed} need a restart")
+        with self._lock:
+            pol = self.core.request
+            pol.mode = "dynamic" if config.request == "tuned" else config.request
+            pol.batch_size = config.batch_size
+            pol.merge_delay_s = config.merge_delay_ms / 1e3
+            self.config = config
+            issue = self._step_locked()
+        self._issue(issue)
 
     def __enter__(self) -> Engine:
         return self.start()

@@ -171,6 +171,9 @@ def bench_cmd(
     scenario: Annotated[str, typer.Option(help="mlperf: server | offline.")] = "server",
     user_conf: Annotated[Path | None, typer.Option(help="mlperf: LoadGen user.conf.")] = None,
     trace: Annotated[Path | None, typer.Option(help="Write lane traces (Chrome JSON).")] = None,
+    retune: Annotated[
+        bool, typer.Option(help="Retune batch size and merge delay online while serving.")
+    ] = False,
 ) -> None:
     """One open-loop run at a fixed offered rate (or a LoadGen Server/Offline run)."""
     from recsched.bench.run import bench_once
@@ -203,12 +206,39 @@ def bench_cmd(
 
             r = bench_once(
                 s.adapter, cfg, s.load(qps, duration), preset=preset, sla_ms=s.sla_ms,
-                percentile=percentile, progress=on_progress, trace=rec, **s.engine_extras(cfg),
+                percentile=percentile, progress=on_progress, trace=rec,
+                retune=_online(cfg, s.sla_ms, percentile) if retune else None,
+                **s.engine_extras(cfg),
             )  # fmt: skip
+        for sw in r.get("retune", {}).get("switches", []):
+            console.print(
+                f"  retune at {sw['t_s']:6.1f} s ({sw['reason']}): batch {sw['batch_size']}, "
+                f"merge {sw['merge_delay_ms']} ms"
+            )
     if rec is not None:
         rec.write(trace)
         console.print(f"[dim]wrote {trace} ({len(rec)} lane events)[/dim]")
     _emit(r, bench_table(r), json_path)
+
+
+def _online(cfg, sla_ms: float | None, percentile: float):
+    """`--retune`: a factory of the online retuner around a live engine (request knobs)."""
+    import os
+
+    from recsched.bench.online import OnlineTuning, live_retuner
+
+    if sla_ms is None:
+        _fail("--retune needs an SLA (--sla-ms or --sla-x)")
+    if cfg.request == "whole":
+        cfg = cfg.replace(request="dynamic")  # whole has no batch size to move
+
+    def make(engine):
+        if engine.config != cfg:
+            engine.reconfigure(cfg)
+        retuner = live_retuner(cfg, sla_ms, os.cpu_count() or 1, percentile=percentile)
+        return OnlineTuning(engine, retuner)
+
+    return make
 
 
 def capacity_cmd(

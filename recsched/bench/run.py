@@ -7,9 +7,11 @@ arrival, so a late issue counts against the engine, never hides (no coordinated 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -108,7 +110,16 @@ def run_open_loop(
     failures (an overloaded configuration fails its SLA rather than running forever).
     """
     log = LatencyLog()
-    engine.on_complete = log.add
+    listener = engine.on_complete  # e.g. an online retuner: it keeps hearing completions
+    if listener is None:
+        engine.on_complete = log.add
+    else:
+
+        def both(r) -> None:
+            log.add(r)
+            listener(r)
+
+        engine.on_complete = both
     clock = engine.clock
     assert isinstance(clock, WallClock), "the open-loop driver runs on wall time"
     n = len(workload)
@@ -244,10 +255,13 @@ def bench_once(
     progress: Callable[[int, int], None] | None = None,
     drain_timeout_s: float | None = None,
     trace: TraceRecorder | None = None,
+    retune: Callable[[Engine], Any] | None = None,
 ) -> dict:
     """Start an engine, warm it up, run one open-loop load, return the bench result.
 
     With `trace`, the measured run's lane tasks (not the warm-up's) are recorded into it.
+    With `retune`, a factory of a context manager around the run that retunes the engine
+    online (`recsched.bench.online.OnlineTuning`); its switches go in the result's "retune".
     """
     pool = pool or InputPool.make(adapter, seed=load.seed)
     workload = load.workload()
@@ -258,12 +272,14 @@ def bench_once(
             warm_up(engine, pool)
             attach_trace(engine, trace)
             drain = drain_timeout_s if drain_timeout_s is not None else _drain_for(sla_ms)
-            rec = run_open_loop(
-                engine, pool, workload, sla_ms=sla_ms, drain_timeout_s=drain, progress=progress
-            )
+            online = retune(engine) if retune is not None else contextlib.nullcontext()
+            with online:
+                rec = run_open_loop(
+                    engine, pool, workload, sla_ms=sla_ms, drain_timeout_s=drain, progress=progress
+                )
         finally:
             engine.close(drain=False, timeout=5.0)
-    return bench_result(
+    out = bench_result(
         rec,
         model=adapter.name,
         preset=preset,
@@ -273,6 +289,9 @@ def bench_once(
         sla_ms=sla_ms,
         percentile=percentile,
     )
+    if retune is not None:
+        out["retune"] = {"switches": online.history, "final": engine.config.to_dict()}
+    return out
 
 
 def _drain_for(sla_ms: float | None) -> float:

@@ -51,6 +51,22 @@ def test_cli_bench_writes_json(tmp_path):
     assert r["model"] == "ncf" and r["queries"] > 0
 
 
+def test_cli_bench_retune_reports_its_switches(tmp_path):
+    """A tight SLA the small batch cannot meet: the online retuner must step the live engine."""
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(
+        app,
+        ["bench", "ncf", "--preset", "dynamic", "--batch-size", "1", "--qps", "400",
+         "--duration", "5", "--sla-ms", "0.01", "--retune", "--json", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    switches = r["retune"]["switches"]
+    assert switches and switches[0]["reason"] == "breach_step", r["retune"]
+    assert switches[0]["batch_size"] == 2  # one notch up from 1
+    assert r["retune"]["final"]["batch_size"] >= 1
+
+
 def test_cli_sweep_writes_json_and_plot(tmp_path):
     out, plots = tmp_path / "s.json", tmp_path / "plots"
     res = CliRunner().invoke(

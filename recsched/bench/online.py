@@ -1,0 +1,99 @@
+"""Online retuning of a live engine: completions feed an `OnlineRetuner`, its decisions are
+applied with `Engine.reconfigure` (request-level knobs: batch size, merge delay).
+
+    with OnlineTuning(engine, retuner) as online:   # attaches to engine.on_complete
+        ... serve ...
+    online.history   # [{"t_s", "reason", "batch_size", "merge_delay_ms", ...}, ...]
+
+The retuner is pure (recsched.sched.retune); this module only wires it: a lock (lanes report
+completions from their threads), the engine's clock for times (so observations arrive in time
+order whatever lane reports them), and a thread that asks `decide` every `interval_s`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from recsched.config import EngineConfig
+from recsched.engine import RETUNABLE, Engine
+from recsched.sched.retune import LocalStepper, OnlineRetuner, RegimeTable
+from recsched.sched.tuner import default_space
+from recsched.types import QueryResult
+
+
+def request_stepper(cores: int, max_batch: int = 1024) -> LocalStepper:
+    """Local steps over the knobs that change while serving: batch size, then merge delay."""
+    return LocalStepper(default_space(cores, False, max_batch), ("batch_size", "merge_delay_ms"))
+
+
+def live_retuner(
+    initial: EngineConfig,
+    sla_ms: float,
+    cores: int,
+    table: RegimeTable | None = None,
+    **options: Any,
+) -> OnlineRetuner:
+    """An `OnlineRetuner` that only proposes request-level moves (what `reconfigure` takes).
+    `table` configurations must differ from `initial` in `RETUNABLE` fields only.
+
+    Serving defaults react within seconds: a 4 s window, 2 s dwell after a switch, 1 s of
+    sustained breach before a step (override any `OnlineRetuner` option)."""
+    opts = {"window_s": 4.0, "min_dwell_s": 2.0, "breach_sustain_s": 1.0, **options}
+    return OnlineRetuner(initial, sla_ms, table=table, stepper=request_stepper(cores), **opts)
+
+
+class OnlineTuning:
+    """Feeds `engine`'s completed queries to `retuner` and applies its switches live."""
+
+    def __init__(self, engine: Engine, retuner: OnlineRetuner, interval_s: float = 0.25) -> None:
+        assert interval_s > 0
+        self.engine = engine
+        self.retuner = retuner
+        self.interval_s = interval_s
+        self.history: list[dict[str, Any]] = []
+        self.t0_s = engine.clock.now()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="recsched-retune", daemon=True)
+        self._chained = engine.on_complete
+
+    def __enter__(self) -> OnlineTuning:
+        self.engine.on_complete = self._observe
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        self.engine.on_complete = self._chained
+
+    def _observe(self, r: QueryResult) -> None:
+        if self._chained is not None:
+            self._chained(r)
+        if r.error is not None:
+            return
+        with self._lock:
+            now = self.engine.clock.now()  # not r.done_s: lanes report out of order
+            self.retuner.observe(now, max(0.0, now - r.arrival_s), r.n_items)
+
+    def step(self) -> EngineConfig | None:
+        """One decision now (the loop calls this; tests may call it directly)."""
+        with self._lock:
+            now = self.engine.clock.now()
+            new = self.retuner.decide(now)
+            reason = self.retuner.last_reason
+        if new is not None:
+            self.engine.reconfigure(new)
+            self.history.append(
+                {
+                    "t_s": now - self.t0_s,
+                    "reason": reason,
+                    **{k: getattr(new, k) for k in RETUNABLE},
+                }
+            )
+        return new
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.step()
