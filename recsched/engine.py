@@ -121,6 +121,7 @@ class Engine:
             kinds,
             cost,
             self.graph.info if self.graph is not None else None,
+            order=config.order,
             **config.opstream,
         )
         self.core = SchedulerCore(request_policy, operator_policy)

@@ -66,6 +66,8 @@ class Batch:
 
     `lane_kind` says whether it goes to CPU lanes or to accelerator lanes (offload).
     `value` and `deadline_s` are those of its most valuable / most urgent part.
+    `query_items`: items of the largest query with a part in it (0: unknown); what the
+    `size` queue order ranks by, so pieces of a large query wait behind small queries.
     """
 
     bid: int
@@ -74,6 +76,7 @@ class Batch:
     created_s: float = 0.0
     value: float = 1.0
     deadline_s: float = float("inf")
+    query_items: int = 0
 
     @property
     def size(self) -> int:

@@ -51,27 +51,30 @@ def cached(name: str, compute: Callable[[], Any], refresh: bool = False) -> Any:
 
 
 def model_key(adapter: ModelAdapter) -> str:
-    """Model, scale and the forward served (`ts`: TorchScript, `eager`: its fallback)."""
+    """Model, scale and the forward served (`ts`: TorchScript, `eager`: its fallback); `c`:
+    timed on cycling (cache-cold) inputs."""
     scale = adapter.info.get("scale", "custom")
     forward = "ts" if adapter.compiled().kind == "torchscript" else "eager"
-    return f"{adapter.name}-{scale}-{forward}"
+    return f"{adapter.name}-{scale}-{forward}c"
 
 
 @torch.inference_mode()
 def alone_ms(adapter: ModelAdapter, n_items: int, threads: int = 1, repeats: int = 15) -> float:
     """Median latency (ms) of one served (compiled) forward of `n_items` rows with `threads`
     intra-op threads."""
-    x = adapter.make_inputs(n_items, 123)
-    forward = adapter.runner()
+    from recsched.graph.profile import COLD_INPUTS, cycling
+
+    xs = [adapter.make_inputs(n_items, 123 + k) for k in range(COLD_INPUTS)]
+    call = cycling(adapter.runner(), xs)  # other rows each time, as served queries
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for _ in range(3):
-            forward(x)
+            call()
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
-            forward(x)
+            call()
             times.append(time.perf_counter() - t)
     finally:
         torch.set_num_threads(old)

@@ -17,6 +17,7 @@ sees a tensor; a batch is a list of row ranges of queries (`Part`).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -24,7 +25,7 @@ from recsched import sched
 from recsched.types import Batch, Part, Query
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestPlan:
     """Batches to hand to the operator level now, and when to be asked again."""
 
@@ -32,7 +33,7 @@ class RequestPlan:
     wake_at: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Waiting:
     query: Query
     start: int
@@ -71,36 +72,42 @@ class RequestPolicy:
     # -- state -------------------------------------------------------------------------
     def push(self, q: Query, now: float) -> None:
         """Accept a query. Whole/split/offloaded work is cut at once; the rest may wait."""
-        assert q.n_items >= 1
-        self.items_in += q.n_items
-        if self.offload_threshold is not None and q.n_items >= self.offload_threshold:
-            self._emit([Part(q.qid, 0, q.n_items)], now, (q,), "accel")
+        n = q.n_items
+        assert n >= 1
+        self.items_in += n
+        if self.offload_threshold is not None and n >= self.offload_threshold:
+            self._emit_one(q, 0, n, now, "accel")
         elif self.mode == "whole":
-            self._emit([Part(q.qid, 0, q.n_items)], now, (q,))
+            self._emit_one(q, 0, n, now)
         elif self.mode == "split":
-            for a, b in chunks(q.n_items, self.batch_size):
-                self._emit([Part(q.qid, a, b)], now, (q,))
+            for a, b in chunks(n, self.batch_size):
+                self._emit_one(q, a, b, now)
         else:
-            full = (q.n_items // self.batch_size) * self.batch_size
-            for a, b in chunks(full, self.batch_size) if full else []:
-                self._emit([Part(q.qid, a, b)], now, (q,))
-            if full < q.n_items:
+            bs = self.batch_size
+            full = (n // bs) * bs
+            for a in range(0, full, bs):  # chunks(full, bs): full batches only
+                self._emit_one(q, a, a + bs, now)
+            if full < n:
                 self._buffer.append(_Waiting(q, full, now))
-                self._buffered_items += q.n_items - full
+                self._buffered_items += n - full
 
     def schedule(self, now: float, idle_lanes: int = 0) -> RequestPlan:
         """Batches ready now. `idle_lanes`: CPU lanes with nothing to do (flush the buffer)."""
-        if self._buffer:
-            expired = now >= self._buffer[0].since + self.merge_delay_s  # same sum as wake_at
+        buf = self._buffer
+        if buf:
+            expired = now >= buf[0].since + self.merge_delay_s  # same sum as wake_at
             while self._buffered_items >= self.batch_size:
                 self._flush(now, self.batch_size)
-            if self._buffer and (expired or idle_lanes > 0):
+            if buf and (expired or idle_lanes > 0):
                 self._flush(now, self._buffered_items)
-        plan = RequestPlan(self._ready, None)
-        self._ready = []
-        if self._buffer:
-            plan.wake_at = self._buffer[0].since + self.merge_delay_s
-        self.check_invariants()
+        ready = self._ready
+        if ready:
+            self._ready = []
+        else:
+            ready = []  # a fresh list: the caller owns the plan
+        plan = RequestPlan(ready, buf[0].since + self.merge_delay_s if buf else None)
+        if sched.CHECKS:
+            self.check_invariants()
         return plan
 
     def pending_items(self) -> int:
@@ -112,31 +119,51 @@ class RequestPolicy:
         """Take `items` rows off the front of the merge buffer into one batch."""
         parts: list[Part] = []
         queries: list[Query] = []
-        left = min(items, self.batch_size)
-        while left > 0 and self._buffer:
-            w = self._buffer[0]
-            take = min(left, w.query.n_items - w.start)
-            parts.append(Part(w.query.qid, w.start, w.start + take))
-            queries.append(w.query)
+        buf = self._buffer
+        want = left = min(items, self.batch_size)
+        while left > 0 and buf:
+            w = buf[0]
+            q = w.query
+            start = w.start
+            take = min(left, q.n_items - start)
+            parts.append(Part(q.qid, start, start + take))
+            queries.append(q)
             left -= take
-            self._buffered_items -= take
-            if w.start + take == w.query.n_items:
-                self._buffer.popleft()
+            if start + take == q.n_items:
+                buf.popleft()
             else:
-                w.start += take
-        self._emit(parts, now, tuple(queries))
+                w.start = start + take
+        self._buffered_items -= want - left
+        self._emit(parts, now, queries, taken=want - left)
 
-    def _emit(self, parts: list[Part], now: float, queries: tuple[Query, ...], kind="cpu") -> None:
+    def _emit(
+        self,
+        parts: list[Part],
+        now: float,
+        queries: Sequence[Query],
+        kind: str = "cpu",
+        taken: int | None = None,
+    ) -> None:
         b = Batch(
             bid=next(self._ids),
             parts=tuple(parts),
-            lane_kind=kind,
+            lane_kind=kind,  # type: ignore[arg-type]
             created_s=now,
-            value=max(q.value for q in queries),
-            deadline_s=min(q.deadline_s for q in queries),
+            value=max([q.value for q in queries]),
+            deadline_s=min([q.deadline_s for q in queries]),
+            query_items=max([q.n_items for q in queries]),
         )
-        self.items_out += b.size
+        self.items_out += b.size if taken is None else taken
         self._ready.append(b)
+
+    def _emit_one(self, q: Query, a: int, b: int, now: float, kind: str = "cpu") -> None:
+        """`_emit` of rows `[a, b)` of one query (the common case, without generators)."""
+        self._ready.append(
+            Batch(
+                next(self._ids), (Part(q.qid, a, b),), kind, now, q.value, q.deadline_s, q.n_items
+            )  # type: ignore[arg-type]
+        )
+        self.items_out += b - a
 
     def check_invariants(self) -> None:
         if not sched.CHECKS:

@@ -159,12 +159,14 @@ def default_space(
     cores: int, has_accel: bool, max_batch: int = 1024, oversubscribe: bool = False
 ) -> TuningSpace:
     """DeepRecSched's space: batch size, offload threshold (with accelerator lanes only),
-    merge delay, then lanes x threads per lane (no oversubscription unless asked)."""
+    queue order (recsched's addition: fifo or size), merge delay, then lanes x threads per
+    lane (no oversubscription unless asked)."""
     assert cores >= 1 and max_batch >= 1
     batches = tuple(2**i for i in range(int(math.log2(max_batch)) + 1))
     knobs = [Knob("batch_size", batches)]
     if has_accel:
         knobs.append(Knob("offload_threshold", (*(b for b in batches if b >= 8), None)))
+    knobs.append(Knob("order", ("fifo", "size")))
     knobs.append(Knob("merge_delay_ms", (0.0, 0.5, 1.0, 2.0, 4.0)))
     knobs.append(Knob("lanes/threads_per_lane", lane_combos(cores, oversubscribe)))
     limit = cores * (2 if oversubscribe else 1)

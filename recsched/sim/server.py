@@ -123,7 +123,12 @@ class SimServer:
             cfg.request, cfg.batch_size, cfg.merge_delay_ms / 1e3, cfg.offload_threshold
         )
         operator = make_operator_policy(
-            cfg.operator, st.kinds, st.policy_cost, stype.graph_info, **cfg.opstream
+            cfg.operator,
+            st.kinds,
+            st.policy_cost,
+            stype.graph_info,
+            order=cfg.order,
+            **cfg.opstream,
         )
         self.core = SchedulerCore(request, operator)
         self.sizes: dict[int, int] = {}  # bid -> rows, for in-flight batches

@@ -91,17 +91,19 @@ def space_2d() -> TuningSpace:
 
 def test_default_space_shapes() -> None:
     s = default_space(cores=2, has_accel=False)
-    assert [k.name for k in s.knobs] == ["batch_size", "merge_delay_ms", "lanes/threads_per_lane"]
+    names = [k.name for k in s.knobs]
+    assert names == ["batch_size", "order", "merge_delay_ms", "lanes/threads_per_lane"]
     assert s.knobs[0].values == BATCHES
     assert lane_combos(2) == ((1, 1), (1, 2), (2, 1))
     a = default_space(cores=2, has_accel=True, max_batch=256)
     assert [k.name for k in a.knobs][:2] == ["batch_size", "offload_threshold"]
     assert a.knobs[0].values[-1] == 256 and a.knobs[1].values[-1] is None
     base = EngineConfig()
-    assert not s.feasible(base, (64, 1.0, (2, 2)))  # 4 threads on 2 cores
-    assert s.feasible(base, (64, 1.0, (1, 2)))
+    assert not s.feasible(base, (64, "fifo", 1.0, (2, 2)))  # 4 threads on 2 cores
+    assert s.feasible(base, (64, "size", 1.0, (1, 2)))
+    assert s.apply(base, (64, "size", 1.0, (1, 2))).order == "size"
     over = default_space(cores=2, has_accel=False, oversubscribe=True)
-    assert over.feasible(base, (64, 1.0, (2, 2)))
+    assert over.feasible(base, (64, "fifo", 1.0, (2, 2)))
 
 
 def test_knob_snaps_to_nearest_value() -> None:
@@ -134,8 +136,8 @@ def test_sla_bound_optimum_is_the_largest_feasible_batch() -> None:
 
 
 def test_finds_2d_optimum_within_budget() -> None:
-    space = default_space(cores=1, has_accel=False)  # batch x delay x (1 lane, 1 thread)
-    assert space.size == 55
+    space = default_space(cores=1, has_accel=False)  # batch x order x delay x (1 lane, 1 thread)
+    assert space.size == 110  # the bowl ignores the queue order: a flat knob
     t = Tuner(space, START, budget=25, seed=3)
     drive(t, measurer(bowl_2d, 40.0))
     best, _ = t.best()
