@@ -12,6 +12,7 @@ some operators, scatter scores) outside the lock. Futures are resolved outside t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 import threading
@@ -112,6 +113,12 @@ class Engine:
         kinds: list[LaneKind] = ["cpu"] * config.lanes
         if config.offload_threshold is not None:
             kinds += ["accel"] * max(1, config.accel_lanes)
+            if config.operator != "sequential":
+                raise ValueError(
+                    "accelerator lanes run whole-model tasks only: use the sequential operator "
+                    "policy with an offload threshold (operator-level accel lanes are simulated)"
+                )
+            self._accel_forward = self._on_device(adapter)
         self.lanes: list[Lane] = [self._make_lane(i, k) for i, k in enumerate(kinds)]
         request_policy = RequestPolicy(
             config.request, config.batch_size, config.merge_delay_ms / 1e3, config.offload_threshold
@@ -139,6 +146,24 @@ class Engine:
         self.failed = 0
         self._timer = threading.Thread(target=self._timer_loop, name="recsched-timer", daemon=True)
         self.started_s: float | None = None
+
+    # -- accelerator ---------------------------------------------------------------------
+    accel_device: torch.device | None = None  # set by `_on_device`
+
+    def _on_device(self, adapter: ModelAdapter) -> Callable[[Inputs], torch.Tensor]:
+        """A copy of the model on the accelerator (CUDA; UNTESTED on a GPU, see README): its
+        forward takes CPU inputs, copies them to the device, and returns a device tensor
+        that `_scatter` copies back once the lane has reported the task complete."""
+        self.accel_device = device = self._accel_device()
+        module = copy.deepcopy(adapter.module).to(device).eval()
+
+        def forward(x: Inputs) -> torch.Tensor:
+            return module({k: v.to(device, non_blocking=True) for k, v in x.items()})
+
+        return forward
+
+    def _accel_device(self) -> torch.device:  # tests substitute a CPU stand-in
+        return torch.device("cuda", torch.cuda.current_device())
 
     # -- lifecycle ---------------------------------------------------------------------
     def _make_lane(self, index: int, kind: LaneKind) -> Lane:
@@ -311,10 +336,12 @@ class Engine:
     def _work(self, task: Task, bs: _BatchState) -> Callable[[], None]:
         """The closure a lane runs for a task: tensors in, tensors out, no bookkeeping."""
         if task.ops is None:
+            accel = self.lanes[task.lane].kind == "accel"
+            forward = self._accel_forward if accel else self.forward
 
             def run_whole() -> None:
                 if not self._aborted:
-                    bs.output = self.forward(concat_rows(bs.sources))
+                    bs.output = forward(concat_rows(bs.sources))
 
             return run_whole
         graph = self.graph
@@ -371,6 +398,8 @@ class Engine:
     def _scatter(self, bs: _BatchState) -> None:
         """Hand each part of a finished batch's output to its query (views, no copy)."""
         assert bs.output is not None and bs.output.shape[0] == bs.batch.size, "output rows"
+        if bs.output.device.type != "cpu":  # the lane reported it: the kernels have finished
+            bs.output = bs.output.to("cpu")
         offset = 0
         for p in bs.batch.parts:
             qs = self._queries.get(p.qid)

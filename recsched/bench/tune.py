@@ -27,7 +27,14 @@ if TYPE_CHECKING:
 
 AUTO_BUDGET = 8  # tuning on a cache miss (e.g. inside `compare`): about a minute on rmc1
 AUTO_DURATION_S = 1.5
-TUNED_FIELDS = ("batch_size", "merge_delay_ms", "lanes", "threads_per_lane", "offload_threshold")
+TUNED_FIELDS = (
+    "batch_size",
+    "order",
+    "merge_delay_ms",
+    "lanes",
+    "threads_per_lane",
+    "offload_threshold",
+)
 
 
 def cache_key_sizes(setup: Setup, cfg: EngineConfig) -> str:

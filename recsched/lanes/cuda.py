@@ -22,7 +22,8 @@ kernel still reads it (what `record_stream` would otherwise guard). Row pieces o
 operator are never issued to accelerator lanes (`opstream` does not split accel batches):
 their concatenation would read another stream's output before it completes.
 
-The engine still has to put the batch's inputs and the model on the device (see the report).
+The engine puts the model (a copy) and each batch's inputs on the device and copies the
+scores back after the lane reports the task (`Engine._on_device`, whole-model tasks only).
 """
 
 from __future__ import annotations

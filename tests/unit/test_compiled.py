@@ -84,3 +84,35 @@ class _Lin(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.lin(inputs["x"])
+
+
+def test_offloaded_queries_run_on_the_accelerator_copy_and_come_back(monkeypatch):
+    """The accelerator path's wiring, with the CPU standing in for the device (CUDA itself is
+    untested here): queries >= T run on the device copy of the model, scores come back."""
+    import recsched.engine as engine_mod
+    from recsched.lanes.cpu import CpuLane
+
+    class StandInAccelLane(CpuLane):
+        kind = "accel"
+
+    def make_lane(self, index, kind):
+        cls = CpuLane if kind == "cpu" else StandInAccelLane
+        return cls(index, 1, self._on_lane_done, self.clock)
+
+    monkeypatch.setattr(engine_mod, "cuda_available", lambda: True)
+    monkeypatch.setattr(Engine, "_accel_device", lambda self: torch.device("cpu"))
+    monkeypatch.setattr(Engine, "_make_lane", make_lane)
+    ad = load_model("ncf", scale="small", seed=0)
+    cfg = EngineConfig(request="whole", offload_threshold=50, lanes=1, accel_lanes=1)
+    sizes = [10, 80, 3, 200]
+    xs = [ad.make_inputs(n, i) for i, n in enumerate(sizes)]
+    with Engine(ad, cfg) as eng:
+        assert eng.accel_device == torch.device("cpu") and eng.lanes[1].kind == "accel"
+        pairs = enumerate(zip(sizes, xs, strict=True))
+        futs = [eng.submit(Query(i, "ncf", n), x) for i, (n, x) in pairs]
+        got = [f.result(timeout=30) for f in futs]
+    assert [lane.stats.tasks for lane in eng.lanes] == [2, 2]  # 80 and 200 went to the device
+    for g, x in zip(got, xs, strict=True):
+        assert torch.allclose(g, ad.forward(x), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="whole-model tasks only"):
+        Engine(ad, cfg.replace(operator="opstream"))
