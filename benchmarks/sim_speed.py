@@ -6,11 +6,14 @@
    `simulate()` call and for the event loop alone, and where the time
    goes: inside `SchedulerCore` (admit/step/complete, i.e. the shared policies and their
    messages) vs the simulator's own code (events, lanes, balancer, bookkeeping).
+   `baseline` takes the exact whole+sequential fast path (`recsched.sim.fastpath`);
+   `--event-loop` forces the policy-driven event loop for every preset.
 2. `cluster`: `--servers` servers (default 1000) under a diurnal day compressed into
    `--hours` hours of simulated time (default 1), `least`/`p2c`/`random` balancer, at
    `--qps-per-server` mean load. Reports queries, wall time and queries per second.
 
     python benchmarks/sim_speed.py single --queries 200000
+    python benchmarks/sim_speed.py single --queries 200000 --event-loop
     python benchmarks/sim_speed.py cluster --servers 1000 --hours 1 --qps-per-server 30
 
 Not a test: it takes minutes on a 2-core machine, and its numbers depend on the machine.
@@ -99,11 +102,14 @@ def single(args: argparse.Namespace) -> dict:
         qps = 0.7 * estimated_capacity_qps(cost, cfg, "production")
         dur = args.queries / qps
         kw = dict(qps=qps, duration_s=dur, sla_ms=50.0, seed=1, interference="none")
+        if args.event_loop:
+            kw["fast"] = False
         c0 = time.process_time()
         r = simulate("bench", cfg, cost, **kw)
         cpu = time.process_time() - c0
         row = {
             "queries": r["queries"],
+            "fast_path": r["sim_fast_path"],
             "qps": qps,
             "p95_ms": r["latency_ms"]["p95"],
             "sim_wall_s": r["sim_wall_s"],
@@ -113,7 +119,7 @@ def single(args: argparse.Namespace) -> dict:
             "sim_cpu_s": cpu,
             "queries_per_cpu_s": r["queries"] / cpu,
         }
-        if args.breakdown:
+        if args.breakdown and not r["sim_fast_path"]:  # the fast path runs no SchedulerCore
             spent, calls, undo = _timed_core()
             try:
                 r2 = simulate("bench", cfg, cost, **kw)
@@ -151,14 +157,17 @@ def cluster(args: argparse.Namespace) -> dict:
     r = simulate(
         "bench", cfg, cost, qps=qps, duration_s=dur, servers=args.servers,
         balancer=args.balancer, arrivals=f"diurnal:{dur}:0.5", sla_ms=50.0, seed=1,
-        interference="none", progress=progress,
+        interference="none", progress=progress, fast=False if args.event_loop else None,
     )  # fmt: skip
     row = {
         "servers": args.servers,
         "simulated_s": dur,
         "balancer": args.balancer,
+        "qps_per_server": args.qps_per_server,
+        "fast_path": r["sim_fast_path"],
         "queries": r["queries"],
         "p95_ms": r["latency_ms"]["p95"],
+        "mean_lane_utilization": sum(r["lane_utilization"]) / len(r["lane_utilization"]),
         "sim_wall_s": r["sim_wall_s"],
         "queries_per_wall_s": r["queries"] / r["sim_wall_s"],
         "sim_cpu_s": time.process_time() - c0,
@@ -176,12 +185,14 @@ def main() -> None:
     s.add_argument("--queries", type=int, default=200_000)
     s.add_argument("--presets", default="baseline,dynamic")
     s.add_argument("--no-breakdown", dest="breakdown", action="store_false")
+    s.add_argument("--event-loop", action="store_true", help="never the fast path")
     c = sub.add_parser("cluster")
     c.add_argument("--servers", type=int, default=1000)
     c.add_argument("--hours", type=float, default=1.0)
     c.add_argument("--qps-per-server", type=float, default=30.0)
     c.add_argument("--balancer", default="least")
     c.add_argument("--preset", default="baseline")
+    c.add_argument("--event-loop", action="store_true", help="never the fast path")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     res = single(args) if args.cmd == "single" else cluster(args)

@@ -15,7 +15,7 @@ from recsched.sched.request import RequestPolicy
 from recsched.types import Batch, LaneResult, Query, Task
 
 
-@dataclass
+@dataclass(slots=True)
 class StepOut:
     """What a scheduling step decided: new batches, tasks to issue, when to step again."""
 
@@ -24,7 +24,7 @@ class StepOut:
     wake_at: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Finished:
     """What a lane result finished: batches (done or failed) and queries (qid, error)."""
 
@@ -50,32 +50,38 @@ class SchedulerCore:
         self.request.push(q, now)
 
     def step(self, now: float) -> StepOut:
-        plan = self.request.schedule(now, self.operator.idle_lanes("cpu"))
-        for b in plan.batches:
-            self.batches[b.bid] = b
-            self.operator.add(b, now)
-        tasks = self.operator.schedule(now)
-        return StepOut(plan.batches, tasks, plan.wake_at)
+        op = self.operator
+        plan = self.request.schedule(now, op.idle_lanes("cpu"))
+        if plan.batches:
+            batches, add = self.batches, op.add
+            for b in plan.batches:
+                batches[b.bid] = b
+                add(b, now)
+        return StepOut(plan.batches, op.schedule(now), plan.wake_at)
 
     def complete(self, result: LaneResult, now: float) -> Finished:
         """Account a lane result; a failed task fails every query of its batch."""
-        out = Finished()
+        out = Finished([], [])
+        queries, left = self.queries, self.left
         for bid in self.operator.update([result], now):
             b = self.batches.pop(bid)
             out.batches.append(b)
             err = result.error if result.bid == bid else None
             for p in b.parts:
-                if p.qid not in self.queries:
+                qid = p.qid
+                if qid not in queries:
                     continue  # already failed by another batch
                 if err is not None:
-                    out.queries.append((p.qid, err))
-                    self._forget(p.qid)
+                    out.queries.append((qid, err))
+                    self._forget(qid)
                     continue
-                self.left[p.qid] -= p.size
-                assert self.left[p.qid] >= 0, "an item was scored twice"
-                if self.left[p.qid] == 0:
-                    out.queries.append((p.qid, None))
-                    self._forget(p.qid)
+                n = left[qid] - (p.stop - p.start)
+                assert n >= 0, "an item was scored twice"
+                if n == 0:
+                    out.queries.append((qid, None))
+                    del queries[qid], left[qid]
+                else:
+                    left[qid] = n
         return out
 
     def drop(self, qid: int) -> None:

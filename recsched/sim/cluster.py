@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from recsched.metrics.trace import DEFAULT_MAX_EVENTS, TraceRecorder, write_trace
+from recsched.sim import fastpath
 from recsched.sim.events import EventLoop
 from recsched.sim.server import ServerType, SimServer, TypeState
 from recsched.types import Query
@@ -79,10 +80,14 @@ class Cluster:
         trace: bool = False,
         trace_max_events: int = DEFAULT_MAX_EVENTS,
         on_decision: Callable[[float, str, int, Any], None] | None = None,
+        fast: bool | None = None,
     ) -> None:
         assert len(types) >= 1, "a cluster has at least one server"
         self.balancer = balancer_name(balancer)
         self.seed = seed
+        self.on_decision = on_decision
+        self.fast = fast  # None: the exact fast path where it applies; False: never
+        self.used_fast_path = False
         self.loop = EventLoop()
         self.load = np.zeros(len(types))  # predicted drain time per server (`least`)
         self.recorders: list[TraceRecorder] = []
@@ -117,7 +122,22 @@ class Cluster:
         until: float = math.inf,
     ) -> ClusterRun:
         """Feed every arrival of `workload` and run until all work is done or the clock
-        passes `until` (what is left then never finishes: NaN done time)."""
+        passes `until` (what is left then never finishes: NaN done time).
+
+        Whole+sequential clusters run by `recsched.sim.fastpath` (the same results, exactly)
+        unless `fast=False` was given; `fast=True` raises if it cannot apply."""
+        if self.fast is not False:
+            reason = fastpath.why_not(self)
+            if reason is None:
+                t0 = time.perf_counter()
+                fr = fastpath.run(self, workload, until, progress)
+                if fr is not None:
+                    fr.wall_s = time.perf_counter() - t0
+                    self.used_fast_path = True
+                    return fr
+                reason = "some task could take no time"
+            if self.fast:
+                raise ValueError(f"the fast path does not apply: {reason}")
         n = len(workload)
         self._done = array("d", [math.nan]) * n
         self._status = array("b", [OK]) * n

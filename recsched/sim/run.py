@@ -205,6 +205,7 @@ def simulate(
     trace: str | Path | None = None,
     progress: Progress | None = None,
     preset_name: str | None = None,
+    fast: bool | None = None,
 ) -> dict[str, Any]:
     """Simulate `servers` servers under an open-loop load of `qps` (whole cluster).
 
@@ -212,7 +213,9 @@ def simulate(
     overrides the server list built from `config`/`profile`/`servers`. Returns a `bench`
     result (DESIGN.md) plus "servers" (per server: type, queries, latency, lanes),
     "sim_wall_s" and "sim_queries_per_s" (the whole call), "sim_loop_s" and
-    "sim_loop_queries_per_s" (the event loop alone), "sim_events" and "balancer".
+    "sim_loop_queries_per_s" (the event loop alone), "sim_events", "balancer" and
+    "sim_fast_path" (whether the exact whole+sequential recurrence ran instead of the event
+    loop: `recsched.sim.fastpath`; `fast=False` forbids it, `fast=True` requires it).
     """
     t_start = time.perf_counter()
     cfg, name = resolve_config(config)
@@ -234,7 +237,7 @@ def simulate(
         qps, duration_s, arrivals=arrivals, sizes=sizes, classes=classes, seed=seed
     )  # fmt: skip
     drain = drain_timeout_s if drain_timeout_s is not None else drain_timeout_for(sla_ms)
-    cluster = Cluster(types, balancer, seed, trace=trace is not None)
+    cluster = Cluster(types, balancer, seed, trace=trace is not None, fast=fast)
     run = cluster.run(wl, model, sla_ms, progress, until=wl.duration_s + drain)
     if trace is not None:
         cluster.write_trace(str(trace))
@@ -249,6 +252,7 @@ def simulate(
     result["sim_loop_queries_per_s"] = len(wl) / max(run.wall_s, 1e-9)
     result["sim_events"] = run.events
     result["balancer"] = cluster.balancer
+    result["sim_fast_path"] = cluster.used_fast_path
     if trace is not None:
         result["trace"] = {"path": str(trace), "dropped": cluster.trace_dropped()}
     return result

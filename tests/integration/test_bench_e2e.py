@@ -56,8 +56,9 @@ def test_cli_bench_retune_reports_its_switches(tmp_path):
     out = tmp_path / "r.json"
     res = CliRunner().invoke(
         app,
-        ["bench", "ncf", "--preset", "dynamic", "--batch-size", "1", "--qps", "400",
-         "--duration", "5", "--sla-ms", "0.01", "--retune", "--json", str(out)],
+        ["bench", "ncf", "--preset", "dynamic", "--batch-size", "1", "--qps", "100",
+         "--sizes", "fixed:4", "--duration", "5", "--sla-ms", "0.01", "--retune",
+         "--json", str(out)],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     r = json.loads(out.read_text())
