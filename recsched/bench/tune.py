@@ -42,11 +42,12 @@ def cache_key_sizes(setup: Setup, cfg: EngineConfig) -> str:
 
     The request-level knobs are tuned once, with the `sequential` operator policy, and reused
     by the operator-level presets (`opstream`, `roundrobin`), so the operator policy is not in
-    the key.
+    the key. Configurations tuned on the simulator (`--sim`) have keys of their own.
     """
     from recsched.workload.classes import format_classes
 
-    return f"{setup.sizes}|{setup.arrivals}|{format_classes(setup.classes)}"
+    key = f"{setup.sizes}|{setup.arrivals}|{format_classes(setup.classes)}"
+    return key + "|sim" if setup.sim else key  # tuned on the simulator: never for the engine
 
 
 def tuning_space(cores: int) -> TuningSpace:

@@ -415,3 +415,12 @@ def test_invariants_on_random_surfaces(
     if any(m.met for m in measured):  # every measurement was judged: nothing much better
         assert best.met
         assert best.qps * (1 + t.tol) ** 2 >= max(m.qps for m in measured if m.met)
+
+
+def test_configurations_tuned_on_the_simulator_have_keys_of_their_own() -> None:
+    from recsched.bench.setup import Setup
+    from recsched.bench.tune import cache_key_sizes
+
+    real = Setup.make("ncf", sla_ms=10.0)
+    sim = Setup.make("ncf", sla_ms=10.0, sim=True)
+    assert cache_key_sizes(sim, EngineConfig()) == cache_key_sizes(real, EngineConfig()) + "|sim"
