@@ -1,18 +1,34 @@
-"""Latency-bounded throughput through HTTP vs in-process, same model, preset and load.
+"""Latency-bounded throughput through HTTP vs in-process, same model, preset and load;
+and the server under overload (high-value p99, shed counts per class).
 
 In-process: the bench harness (`recsched capacity`): an open-loop driver thread calls
-`Engine.submit` at Poisson times. HTTP: `recsched serve` with the same EngineConfig in a
-subprocess, and an open-loop load generator (aiohttp, else httpx) sending KServe v2 requests
-with binary tensors at the same Poisson times from this process, all on 127.0.0.1. Both
-searches bracket and bisect the offered rate until the p95 (failures count as never served)
-meets the same SLA. The ratio is the server's share of the cost (goal: HTTP >= 0.8).
+`Engine.submit` at Poisson times. HTTP: `recsched serve`'s server with the same EngineConfig
+in a subprocess, and an open-loop load generator in this process sending KServe v2 requests
+with binary tensors at the same Poisson times, on 127.0.0.1. Both searches bracket and bisect
+the offered rate until the p95 (failures count as never served) meets the same SLA. The
+ratio is the server's share of the cost (goal: HTTP >= 0.8).
 
-`--overload-x K` then offers K times the HTTP capacity with priority classes and reports each
-class's p99 and how many requests were shed (503): admission control serves the high-value
-class first and sheds the lowest value.
+Every run also reports CPU per query: of this process for in-process runs (engine and
+driver); of the server process and of the load generator for HTTP runs (`cpu_ms`).
+
+The load generator (`--client raw`, the default) is a minimal HTTP/1.1 keep-alive client on
+asyncio (uvloop when installed): the request's JSON header and binary tensors are written
+from views of the input pool, no body is copied, so it costs the shared cores as little as
+possible; `--client aiohttp` uses aiohttp instead.
+
+`--overhead N` measures only the server's own CPU per request: N requests of production
+sizes, `--concurrency` at a time, to a server whose engine scores zeros at once.
+
+`--overload-x K` then offers K times the HTTP capacity with priority classes (`--classes`;
+each class gets an SLA, `--sla-ms`/`--sla-x` unless it names one, judged at p99) and reports
+for each class the p99 of the requests served and how many were shed (503). `--light-x L`
+first runs the same mix at L times capacity: what the classes get without overload. The
+server admits by predicted work (`--admission predicted`, the default here) or by count.
 
     python benchmarks/http_vs_inprocess.py --model rmc1 --preset dynamic --duration 3
-    python benchmarks/http_vs_inprocess.py --skip-inprocess --overload-x 2 --json out.json
+    python benchmarks/http_vs_inprocess.py --overhead 2000
+    python benchmarks/http_vs_inprocess.py --skip-inprocess --http-qps 150 --overload-x 2 \\
+        --light-x 0.5 --classes high:0.2:10,low:0.8:1 --json out.json
 
 Runs for a few minutes on a 2-core machine; it is never run by the tests.
 """
@@ -31,9 +47,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from recsched.bench.capacity import find_capacity
 from recsched.bench.setup import Setup
@@ -41,6 +59,7 @@ from recsched.config import EngineConfig
 from recsched.metrics.latency import LatencyLog
 from recsched.server.admission import priority_order
 from recsched.server.codec import kserve_dtype
+from recsched.types import PriorityClass
 from recsched.workload.classes import parse_classes
 
 
@@ -50,25 +69,119 @@ def serve_main(a: argparse.Namespace) -> None:
     from recsched.server.app import RecschedServer, ServerConfig, serve
 
     cfg = EngineConfig(**json.loads(a.serve_config))
-    sc = ServerConfig(queue_capacity=a.queue_capacity, window=a.window)
+    factory = (lambda ad, c: NullEngine(ad, c)) if a.null_engine else None
+    sc = ServerConfig(
+        queue_capacity=a.queue_capacity, window=a.window, admission=a.admission,
+        reserve=a.reserve, sla_ms=a.sla_ms, engine_factory=factory,
+    )  # fmt: skip
     ad = load_model(a.model, scale=a.scale, seed=a.seed)
     server = RecschedServer({a.model: ad}, cfg, sc, parse_classes(a.classes))
     serve(server, "127.0.0.1", a.serve, "warning")
 
 
-def start_server(a: argparse.Namespace, cfg: EngineConfig) -> tuple[subprocess.Popen, str]:
+class NullEngine:
+    """An engine that scores zeros at once: what is left is the server's own cost."""
+
+    def __init__(self, adapter, config: EngineConfig) -> None:
+        from recsched.clock import WallClock
+
+        self.adapter, self.config, self.lanes, self.clock = adapter, config, [], WallClock()
+
+    def start(self) -> NullEngine:
+        return self
+
+    def submit(self, query, inputs) -> Future:
+        fut: Future = Future()
+        fut.set_result(torch.zeros(query.n_items, self.adapter.out_dim))
+        return fut
+
+    def close(self, drain: bool = True, timeout: float | None = None) -> None:
+        pass
+
+    def pending(self) -> int:
+        return 0
+
+    def lane_utilization(self, since: float | None = None) -> list[float]:
+        return []
+
+
+def overhead(a: argparse.Namespace, setup: Setup, cfg: EngineConfig, out: dict) -> None:
+    """Server CPU per request with the null engine: `--overhead N` closed-loop requests of
+    production sizes, `--concurrency` at once, after 100 warm-up requests."""
+    proc, url = start_server(a, cfg, None, None, null_engine=True)
+    path = f"/v2/models/{a.model}/infer"
+
+    async def closed_loop(n: int) -> float:
+        bodies, http = Bodies(setup), RawClient(url)
+        sizes = setup.load(100.0, 1.0).workload().n_items
+        sizes = np.resize(sizes, n)
+        nbytes = 0
+        sem = asyncio.Semaphore(a.concurrency)
+
+        async def one(k: int) -> None:
+            nonlocal nbytes
+            async with sem:
+                parts, headers = bodies.make(int(sizes[k]), 0)
+                nbytes += sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+                assert await http.post(path, parts, headers) == 200
+
+        await asyncio.gather(*(one(k) for k in range(n)))
+        await http.close()
+        return nbytes / n
+
+    try:
+        run_async(closed_loop(100))
+        s0, c0, t0 = cpu_s(proc.pid), time.process_time(), time.perf_counter()
+        mean_bytes = run_async(closed_loop(a.overhead))
+        s1, c1, t1 = cpu_s(proc.pid), time.process_time(), time.perf_counter()
+    finally:
+        stop_server(proc)
+    r = {
+        "requests": a.overhead,
+        "concurrency": a.concurrency,
+        "mean_body_kb": mean_bytes / 1e3,
+        "requests_per_s": a.overhead / (t1 - t0),
+        "cpu_ms": {"server": (s1 - s0) / a.overhead * 1e3, "client": (c1 - c0) / a.overhead * 1e3},
+    }
+    out["overhead"] = r
+    print(f"null engine: {r['requests']} requests of {r['mean_body_kb']:.0f} KB on average, "
+          f"{r['requests_per_s']:.0f}/s; CPU ms per request: server {r['cpu_ms']['server']:.3f}, "
+          f"load generator {r['cpu_ms']['client']:.3f}")  # fmt: skip
+
+
+def class_spec(classes: tuple[PriorityClass, ...]) -> str:
+    """`--classes` text naming each class's SLA (and percentile)."""
+    out = []
+    for c in classes:
+        sla = f":{c.sla_ms:g}ms@p{c.percentile:g}" if c.sla_ms else ""
+        out.append(f"{c.name}:{c.share:g}:{c.value:g}{sla}")
+    return ",".join(out)
+
+
+def start_server(
+    a: argparse.Namespace,
+    cfg: EngineConfig,
+    classes: str | None,
+    sla_ms: float | None,
+    null_engine: bool = False,
+) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     args = [
         sys.executable, __file__, "--serve", str(port), "--serve-config",
         json.dumps(cfg.to_dict()), "--model", a.model, "--scale", a.scale, "--seed",
-        str(a.seed), "--queue-capacity", str(a.queue_capacity),
+        str(a.seed), "--queue-capacity", str(a.queue_capacity), "--admission", a.admission,
+        "--reserve", str(a.reserve),
     ]  # fmt: skip
     if a.window:
         args += ["--window", str(a.window)]
-    if a.classes:
-        args += ["--classes", a.classes]
+    if classes:
+        args += ["--classes", classes]
+    if sla_ms:
+        args += ["--sla-ms", str(sla_ms)]
+    if null_engine:
+        args += ["--null-engine"]
     proc = subprocess.Popen(args)
     url = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
@@ -78,9 +191,18 @@ def start_server(a: argparse.Namespace, cfg: EngineConfig) -> tuple[subprocess.P
                 if r.status == 200:
                     return proc, url
         except OSError:
-            if proc.poll() is not None or time.monotonic() - t0 > 120:
+            if proc.poll() is not None or time.monotonic() - t0 > 300:
                 raise RuntimeError("the server did not start") from None
             time.sleep(0.2)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def pending(url: str, model: str) -> float:
@@ -89,9 +211,16 @@ def pending(url: str, model: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # -- the load generator ----------------------------------------------------------------------
 class Bodies:
-    """Binary-tensor request bodies cut from the input pool at seeded offsets."""
+    """Binary-tensor requests cut from the input pool at seeded offsets, as buffer views."""
 
     def __init__(self, setup: Setup) -> None:
         pool = setup.pool()
@@ -100,53 +229,144 @@ class Bodies:
         self.specs = setup.adapter.inputs
         self.rng = np.random.default_rng(setup.seed)
 
-    def make(self, n: int, priority: int) -> tuple[bytes, dict[str, str]]:
+    def make(self, n: int, priority: int) -> tuple[list, dict[str, str]]:
+        """`(parts, headers)`: the body is the concatenation of `parts` (JSON, tensors)."""
         off = int(self.rng.integers(0, max(1, self.rows - n + 1)))
-        blobs, inputs = [], []
+        views, inputs = [], []
         for s in self.specs:
-            raw = self.arrays[s.name][off : off + n].tobytes()
-            blobs.append(raw)
+            v = memoryview(self.arrays[s.name][off : off + n]).cast("B")
+            views.append(v)
             shape = [n, *s.shape]
             inputs.append({"name": s.name, "datatype": kserve_dtype(s.dtype), "shape": shape,
-                           "parameters": {"binary_data_size": len(raw)}})  # fmt: skip
+                           "parameters": {"binary_data_size": v.nbytes}})  # fmt: skip
         params: dict = {"binary_data_output": True}
         if priority:
             params["priority"] = priority
         head = json.dumps({"inputs": inputs, "parameters": params}).encode()
-        return head + b"".join(blobs), {"Inference-Header-Content-Length": str(len(head))}
+        return [head, *views], {"Inference-Header-Content-Length": str(len(head))}
 
 
-async def open_loop(url: str, model: str, setup: Setup, qps: float, duration_s: float,
-                    drain_s: float = 10.0) -> tuple[LatencyLog, dict]:  # fmt: skip
+class _Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, one request at a time."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.waiter: asyncio.Future | None = None
+        self.transport: asyncio.Transport | None = None
+        self.closed = False  # by the server (its keep-alive timeout) or an error
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0 or self.waiter is None:
+            return
+        head = bytes(self.buf[:end]).lower()
+        m = re.search(rb"\r\ncontent-length: *(\d+)", head)
+        total = end + 4 + (int(m.group(1)) if m else 0)
+        if len(self.buf) >= total:
+            status = int(head[9:12])
+            del self.buf[:total]
+            w, self.waiter = self.waiter, None
+            w.set_result(status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection lost"))
+        self.waiter = None
+
+
+class RawClient:
+    """Minimal HTTP/1.1 POSTs over a pool of keep-alive connections (grows as needed)."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        self.idle: list[_Conn] = []
+        self.all: list[_Conn] = []
+
+    async def post(self, path: str, parts: list, headers: dict[str, str]) -> int:
+        n = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {n}\r\n"
+                f"{extra}\r\n").encode()  # fmt: skip
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                try:
+                    return await self._send(conn, [head, *parts])
+                except ConnectionError:  # closed as we sent (keep-alive timeout): a new one
+                    break
+        _, conn = await asyncio.get_running_loop().create_connection(_Conn, self.host, self.port)
+        self.all.append(conn)
+        return await self._send(conn, [head, *parts])
+
+    async def _send(self, conn: _Conn, data: list) -> int:
+        conn.waiter = asyncio.get_running_loop().create_future()
+        assert conn.transport is not None
+        conn.transport.writelines(data)
+        status = await conn.waiter
+        self.idle.append(conn)
+        return status
+
+    async def close(self) -> None:
+        for c in self.all:
+            if c.transport is not None:
+                c.transport.close()
+
+
+class AiohttpClient:
+    def __init__(self, url: str) -> None:
+        import aiohttp
+
+        self.url = url
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def post(self, path: str, parts: list, headers: dict[str, str]) -> int:
+        body = b"".join(parts)
+        async with self.session.post(self.url + path, data=body, headers=headers) as r:
+            await r.read()
+            return r.status
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+async def open_loop(
+    url: str,
+    model: str,
+    setup: Setup,
+    qps: float,
+    duration_s: float,
+    client: str = "raw",
+    drain_s: float = 10.0,
+) -> tuple[LatencyLog, dict]:
     """Send one Poisson workload at its scheduled times; latency from the scheduled time."""
     wl = setup.load(qps, duration_s).workload()
     order = priority_order(setup.classes)
     prio = {c.name: (order.index(c) + 1 if len(order) > 1 else 0) for c in order}
     bodies = Bodies(setup)
-    log, counts = LatencyLog(), {"late": 0, "status": {}}
-    path = f"{url}/v2/models/{model}/infer"
+    log = LatencyLog()
+    counts: dict = {"late": 0, "status": {}, "class_status": {c.name: {} for c in order}}
+    path = f"/v2/models/{model}/infer"
+    http = RawClient(url) if client == "raw" else AiohttpClient(url)
     loop = asyncio.get_running_loop()
     t0 = loop.time() + 0.05
 
-    async def one_aiohttp(session, body, headers, sched, cls, n):
+    async def one(parts, headers, sched, cls, n):
         try:
-            async with session.post(path, data=body, headers=headers) as r:
-                await r.read()
-                status = r.status
+            status = await http.post(path, parts, headers)
         except Exception:
             status = -1
         done = loop.time()
         counts["status"][status] = counts["status"].get(status, 0) + 1
+        cs = counts["class_status"][cls]
+        cs[status] = cs.get(status, 0) + 1
         log.append(cls, sched, done, n, ok=status == 200)
 
-    try:
-        import aiohttp
-
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    except ImportError:  # httpx fallback
-        import httpx
-
-        session = httpx.AsyncClient(limits=httpx.Limits(max_connections=None), timeout=None)
     tasks = []
     for i in range(len(wl)):
         sched = t0 + float(wl.t_s[i])
@@ -157,35 +377,36 @@ async def open_loop(url: str, model: str, setup: Setup, qps: float, duration_s: 
             counts["late"] += 1
         cls = wl.classes[int(wl.cls[i])]
         n = int(wl.n_items[i])
-        body, headers = bodies.make(n, prio[cls.name])
-        if hasattr(session, "closed"):
-            coro = one_aiohttp(session, body, headers, sched, cls.name, n)
-        else:
-            coro = one_httpx(session, path, body, headers, sched, cls.name, n, log, counts, loop)
-        tasks.append(asyncio.create_task(coro))
+        parts, headers = bodies.make(n, prio[cls.name])
+        tasks.append(asyncio.create_task(one(parts, headers, sched, cls.name, n)))
     end = t0 + wl.duration_s + drain_s
-    done, left = await asyncio.wait(tasks, timeout=max(0.0, end - loop.time()))
-    for t in left:
-        t.cancel()
-    await asyncio.gather(*left, return_exceptions=True)
-    await (session.close() if hasattr(session, "closed") else session.aclose())
+    if tasks:
+        done, left = await asyncio.wait(tasks, timeout=max(0.0, end - loop.time()))
+        for t in left:
+            t.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+    await http.close()
     counts["issued"] = len(wl)
     counts["wall_s"] = max(loop.time(), t0 + wl.duration_s) - t0
     return log, counts
 
 
-async def one_httpx(client, path, body, headers, sched, cls, n, log, counts, loop):
+def run_async(coro):
     try:
-        r = await client.post(path, content=body, headers=headers)
-        status = r.status_code
-    except Exception:
-        status = -1
-    counts["status"][status] = counts["status"].get(status, 0) + 1
-    log.append(cls, sched, loop.time(), n, ok=status == 200)
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
 
 
 def http_result(log: LatencyLog, counts: dict, setup: Setup, qps: float) -> dict:
     s = log.summary(setup.classes, setup.sla_ms, setup.percentile)
+    classes = s["classes"]
+    for name, st in counts["class_status"].items():
+        if name in classes:
+            classes[name]["status"] = {str(k): v for k, v in sorted(st.items())}
+            classes[name]["shed_503"] = st.get(503, 0)
     return {
         "offered_qps": qps,
         "completed_qps": (s["queries"] - s["errors"]) / max(counts["wall_s"], 1e-9),
@@ -196,18 +417,41 @@ def http_result(log: LatencyLog, counts: dict, setup: Setup, qps: float) -> dict
         "latency_ms": s["latency_ms"],
         "sla_ms": setup.sla_ms,
         "sla_met": bool(s["sla_met"]),
-        "classes": s["classes"],
+        "classes": classes,
     }
 
 
-def http_run_fn(url: str, model: str, setup: Setup, duration_s: float):
+def http_once(url: str, model: str, setup: Setup, qps: float, duration_s: float, client: str,
+              server_pid: int) -> dict:  # fmt: skip
+    """One open-loop HTTP run with CPU per query of the server and of the load generator."""
+    s0, c0 = cpu_s(server_pid), time.process_time()
+    log, counts = run_async(open_loop(url, model, setup, qps, duration_s, client))
+    s1, c1 = cpu_s(server_pid), time.process_time()
+    r = http_result(log, counts, setup, qps)
+    q = max(1, r["queries"])
+    r["cpu_ms"] = {"server": (s1 - s0) / q * 1e3, "client": (c1 - c0) / q * 1e3}
+    t0 = time.monotonic()
+    while pending(url, model) > 0 and time.monotonic() - t0 < 30:
+        time.sleep(0.1)  # let an overloaded run's backlog drain before the next
+    return r
+
+
+def http_run_fn(url: str, model: str, setup: Setup, duration_s: float, client: str, pid: int):
     def run(qps: float) -> dict:
         d = min(4 * duration_s, max(duration_s, 300.0 / qps))
-        log, counts = asyncio.run(open_loop(url, model, setup, qps, d))
-        t0 = time.monotonic()
-        while pending(url, model) > 0 and time.monotonic() - t0 < 30:
-            time.sleep(0.1)  # let an overloaded run's backlog drain before the next
-        return http_result(log, counts, setup, qps)
+        return http_once(url, model, setup, qps, d, client, pid)
+
+    return run
+
+
+def inprocess_run_fn(setup: Setup, cfg: EngineConfig, preset: str, duration_s: float):
+    inner = setup.run_fn(cfg, preset, duration_s)
+
+    def run(qps: float) -> dict:
+        c0 = time.process_time()
+        r = inner(qps)
+        r["cpu_ms"] = {"process": (time.process_time() - c0) / max(1, r["queries"]) * 1e3}
+        return r
 
     return run
 
@@ -216,18 +460,19 @@ def show(tag: str, r: dict, pct: float) -> None:
     lat = r["latency_ms"]
     key = f"p{pct:g}"
     p = lat.get(key, lat.get("p95", math.nan))
+    cpu = " ".join(f"{k} {v:.2f}" for k, v in r.get("cpu_ms", {}).items())
     print(f"  {tag}: {r['offered_qps']:8.1f} qps  {key}={p:8.2f} ms  p99={lat['p99']:8.2f} ms  "
-          f"{'meets' if r['sla_met'] else 'misses'}", flush=True)  # fmt: skip
+          f"{'meets' if r['sla_met'] else 'misses'}  cpu ms/query: {cpu}", flush=True)  # fmt: skip
 
 
 def ladder(a: argparse.Namespace, setup: Setup, cfg: EngineConfig, out: dict) -> None:
     """Interleaved runs at fixed rates; capacity = the highest rate meeting the SLA."""
     rates = [float(r) for r in a.rates.split(",")]
-    inproc = setup.run_fn(cfg, a.preset, a.duration)
-    proc, url = start_server(a, cfg)
+    inproc = inprocess_run_fn(setup, cfg, a.preset, a.duration)
+    proc, url = start_server(a, cfg, None, None)
     runs: dict[str, list[dict]] = {"inprocess": [], "http": []}
     try:
-        http = http_run_fn(url, a.model, setup, a.duration)
+        http = http_run_fn(url, a.model, setup, a.duration, a.client, proc.pid)
         http(min(50.0, rates[0]))  # warm-up
         for q in rates:
             for name, fn in (("inprocess", inproc), ("http", http)):
@@ -235,8 +480,7 @@ def ladder(a: argparse.Namespace, setup: Setup, cfg: EngineConfig, out: dict) ->
                 runs[name].append(r)
                 show(f"{name:>10}", r, setup.percentile)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        stop_server(proc)
     for name, rs in runs.items():
         ok = [r["offered_qps"] for r in rs if r["sla_met"]]
         out[name] = {"latency_bounded_qps": max(ok, default=0.0), "runs": rs}
@@ -246,8 +490,30 @@ def ladder(a: argparse.Namespace, setup: Setup, cfg: EngineConfig, out: dict) ->
         f"capacity on the ladder: in-process {base:.1f} qps, HTTP "
         f"{out['http']['latency_bounded_qps']:.1f} qps, ratio {out['ratio_http_over_inprocess']}"
     )
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1, default=float))
+
+
+def overload_setup(a: argparse.Namespace, setup: Setup) -> Setup:
+    """The `--classes` mix, each class with an SLA (the run's unless it names one) at p99."""
+    classes = tuple(
+        PriorityClass(c.name, c.share, c.value, c.sla_ms or setup.sla_ms,
+                      c.percentile if c.sla_ms else 99.0)
+        for c in parse_classes(a.classes)
+    )  # fmt: skip
+    over = Setup(setup.adapter, a.scale, a.seed, classes, setup.sizes, setup.arrivals,
+                 setup.sla_ms, 99.0)  # fmt: skip
+    over._pool = setup.pool()
+    return over
+
+
+def show_classes(tag: str, r: dict) -> None:
+    print(f"{tag}: {r['offered_qps']:.1f} qps, status {r['status']}, "
+          f"cpu ms/query {r['cpu_ms']}")  # fmt: skip
+    for name, c in r["classes"].items():
+        lat = c["latency_ms"]
+        verdict = "meets" if c["sla_met"] else "misses"
+        print(f"  {name:>8} (value {c['value']:g}): {c['queries']} queries, "
+              f"{c['shed_503']} shed (503), {c['errors']} errors in all, p99 of served "
+              f"{lat['p99']:.2f} ms (SLA {c['sla_ms']:.2f} ms: {verdict})", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -263,8 +529,13 @@ def main() -> None:
     ap.add_argument("--max-runs", type=int, default=7)
     ap.add_argument("--window", type=int, help="server: requests inside the engine at once")
     ap.add_argument("--queue-capacity", type=int, default=100_000)
+    ap.add_argument("--admission", default="predicted", choices=["count", "predicted"])
+    ap.add_argument("--reserve", type=float, default=0.25, help="server: admission reserve")
+    ap.add_argument("--client", default="raw", choices=["raw", "aiohttp"])
     ap.add_argument("--classes", help="priority classes for --overload-x")
     ap.add_argument("--overload-x", type=float, help="then offer K x the HTTP capacity")
+    ap.add_argument("--light-x", type=float, help="and first L x capacity, the same mix")
+    ap.add_argument("--overload-duration", type=float, default=10.0)
     ap.add_argument("--skip-inprocess", action="store_true")
     ap.add_argument("--http-qps", type=float, help="skip the HTTP search: capacity given")
     ap.add_argument(
@@ -273,8 +544,11 @@ def main() -> None:
         "in-process then over HTTP back to back (fairer on a busy machine)",
     )
     ap.add_argument("--json")
+    ap.add_argument("--overhead", type=int, help="only: N requests to a null-engine server")
+    ap.add_argument("--concurrency", type=int, default=4, help="--overhead: requests at once")
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--serve-config", help=argparse.SUPPRESS)
+    ap.add_argument("--null-engine", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
         return serve_main(a)
@@ -283,19 +557,32 @@ def main() -> None:
     cfg = setup.config(a.preset, lanes=a.lanes)
     print(f"{a.model} {a.scale}, {a.preset}: {cfg.to_dict()}; SLA p95 <= {setup.sla_ms:.2f} ms")
     out: dict = {"model": a.model, "preset": a.preset, "config": cfg.to_dict(),
-                 "sla_ms": setup.sla_ms, "cores": os.cpu_count()}  # fmt: skip
+                 "sla_ms": setup.sla_ms, "cores": os.cpu_count(), "client": a.client,
+                 "admission": a.admission, "argv": sys.argv[1:]}  # fmt: skip
+    if a.overhead:
+        a.admission = "count"
+        overhead(a, setup, cfg, out)
+        if a.json:
+            Path(a.json).write_text(json.dumps(out, indent=1, default=float))
+        return
     if a.rates:
-        return ladder(a, setup, cfg, out)
+        ladder(a, setup, cfg, out)
+        if a.json:
+            Path(a.json).write_text(json.dumps(out, indent=1, default=float))
+        return
     if not a.skip_inprocess:
         print("in-process:")
-        res = setup.capacity(a.preset, a.duration, log=None, lanes=a.lanes)
-        for r in res["runs"]:
-            show("in-process", r, setup.percentile)
-        out["inprocess"] = {k: res[k] for k in ("latency_bounded_qps", "runs")}
-        print(f"in-process capacity: {res['latency_bounded_qps']:.1f} qps")
-    proc, url = start_server(a, cfg)
+        run = inprocess_run_fn(setup, cfg, a.preset, a.duration)
+        search = find_capacity(
+            run, start_qps=setup.start_qps(cfg), max_runs=a.max_runs,
+            on_run=lambda r: show("in-process", r, setup.percentile),
+        )  # fmt: skip
+        out["inprocess"] = {"latency_bounded_qps": search.qps, "runs": search.runs}
+        print(f"in-process capacity: {search.qps:.1f} qps")
+    over = overload_setup(a, setup) if a.classes else None
+    proc, url = start_server(a, cfg, class_spec(over.classes) if over else None, setup.sla_ms)
     try:
-        run = http_run_fn(url, a.model, setup, a.duration)
+        run = http_run_fn(url, a.model, setup, a.duration, a.client, proc.pid)
         run(min(50.0, setup.start_qps(cfg)))  # warm-up
         if a.http_qps:
             http_qps = a.http_qps
@@ -310,31 +597,17 @@ def main() -> None:
             base = out["inprocess"]["latency_bounded_qps"]
             out["ratio_http_over_inprocess"] = http_qps / base if base else None
             print(f"HTTP / in-process = {out['ratio_http_over_inprocess']:.2f}")
-        if a.overload_x and a.classes:
-            classes = tuple(
-                type(c)(c.name, c.share, c.value, c.sla_ms or setup.sla_ms, 99.0)
-                for c in parse_classes(a.classes)
-            )
-            over = Setup(setup.adapter, a.scale, a.seed, classes, setup.sizes, setup.arrivals,
-                         setup.sla_ms, 99.0)  # fmt: skip
-            over._pool = setup.pool()
-            qps = a.overload_x * http_qps
-            log, counts = asyncio.run(open_loop(url, a.model, over, qps, max(a.duration, 5.0)))
-            r = http_result(log, counts, over, qps)
-            out["overload"] = r
-            print(f"overload {a.overload_x:g}x = {qps:.1f} qps: status {r['status']}")
-            for name, c in r["classes"].items():
-                lat = c["latency_ms"]
-                verdict = "meets" if c["sla_met"] else "misses"
-                print(f"  {name:>8} (value {c['value']:g}): {c['queries']} queries, "
-                      f"{c['errors']} errors/shed, p99 {lat['p99']:.2f} ms "
-                      f"(SLA {c['sla_ms']:.2f} ms: {verdict})")  # fmt: skip
+        if over is not None and (a.overload_x or a.light_x):
+            out["overload_classes"] = class_spec(over.classes)
+            for key, x in (("light", a.light_x), ("overload", a.overload_x)):
+                if x:
+                    r = http_once(url, a.model, over, x * http_qps, a.overload_duration,
+                                  a.client, proc.pid)  # fmt: skip
+                    r["x_capacity"] = x
+                    out[key] = r
+                    show_classes(f"{key} {x:g}x capacity", r)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1, default=float))
 

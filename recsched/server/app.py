@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hmac
 import itertools
 import logging
 import math
+import re
 import socket
 import threading
 import time
@@ -32,12 +34,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 import recsched
 from recsched.config import EngineConfig, preset
@@ -55,6 +59,7 @@ from recsched.server.admission import (
 )
 from recsched.server.health import LaneWatchdog
 from recsched.server.metrics import ServerMetrics, Timings
+from recsched.server.predict import QueryCost, whole_s_from_profile
 from recsched.types import DEFAULT_CLASS, PriorityClass, Query
 
 log = logging.getLogger("recsched.server")
@@ -79,6 +84,14 @@ class ServerConfig:
     decode_in_thread_bytes: bodies this large are decoded in a worker thread, not the loop.
     engine_factory(adapter, config): builds a model's engine (None: an in-process `Engine`;
     `recsched.serving.ray_deploy` passes one that forwards to Ray Serve replicas).
+    admission: `count` (engine places by count: the lowest class holds at most half the
+    window) or `predicted` (by predicted work, `recsched.server.admission`: lower classes
+    enter the engine only while its backlog is under `reserve` x the top class's SLA, and
+    are shed when their predicted wait passes `wait_share` of their SLA and they would miss
+    it, on the JSON header alone when they can). `predicted` needs every class to have an
+    SLA (`sla_ms` gives one to those without) and a cost: `cost(adapter, config)` returns
+    `n_items -> predicted lane-seconds`; None: the model's profile (`recsched profile`,
+    measured once and cached), see `recsched.server.predict`.
     """
 
     limits: codec.Limits = field(default_factory=codec.Limits)
@@ -91,9 +104,34 @@ class ServerConfig:
     decode_in_thread_bytes: int = 8 << 20
     engine_factory: Callable[[ModelAdapter, EngineConfig], Any] | None = None
     trace_path: str | None = None
+    admission: str = "count"
+    reserve: float = 0.25
+    wait_share: float = 0.5
+    sla_ms: float | None = None
+    cost: Callable[[ModelAdapter, EngineConfig], Callable[[int], float]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.admission not in ("count", "predicted"):
+            raise ValueError(f"admission is 'count' or 'predicted', not {self.admission!r}")
+        if not (0.0 < self.reserve <= 1.0 and 0.0 <= self.wait_share <= 1.0):
+            raise ValueError("reserve is in (0, 1] and wait_share in [0, 1]: shares of an SLA")
 
     def window_for(self, cfg: EngineConfig) -> int:
         return self.window or 2 * (cfg.lanes + cfg.accel_lanes)
+
+
+def lanes_of(cfg: EngineConfig) -> int:
+    """Lanes an engine of `cfg` runs (CPU lanes, plus accelerator lanes when offloading)."""
+    accel = max(1, cfg.accel_lanes) if cfg.offload_threshold is not None else 0
+    return max(1, cfg.lanes + accel)
+
+
+def profile_cost(adapter: ModelAdapter, config: EngineConfig) -> QueryCost:
+    """The default cost of `predicted` admission: the model's cached profile."""
+    from recsched.bench import calibrate
+
+    prof = calibrate.profile(adapter, threads=config.threads_per_lane)
+    return QueryCost(whole_s_from_profile(prof), config)
 
 
 class ServeError(Exception):
@@ -107,6 +145,139 @@ class ServeError(Exception):
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     return Response(codec.error_body(message), status, headers, media_type="application/json")
+
+
+Reply = tuple[int, bytes, Mapping[str, str]]  # status, body, headers (no content-length)
+_JSON = {"content-type": "application/json"}
+
+
+def error_reply(status: int, message: str) -> Reply:
+    return status, codec.error_body(message), _JSON
+
+
+_INFER_HEADERS = (b"content-length", b"content-encoding", b"inference-header-content-length")
+
+
+def infer_headers(scope: Scope) -> dict[str, str]:
+    """The request headers the infer path reads, by lower-case name."""
+    out = {}
+    for k, v in scope["headers"]:
+        k = k.lower()
+        if k in _INFER_HEADERS:
+            out[k.decode()] = v.decode("latin-1")
+    return out
+
+
+class BodyReader:
+    """A request body straight from ASGI `receive`, refusing (413) one over `limit` bytes.
+
+    With a Content-Length, the chunks are copied once into an uninitialised buffer of that
+    size (no zero-filling, no regrowing: at ~600 KB a request, each pass over the body
+    counts); `fill(n)` reads until the first `n` bytes are in (to peek at the JSON header)
+    and `body()` reads the rest. Mutable: the codec's binary tensors are views of it.
+    Chunked bodies (no Content-Length) grow a bytearray.
+    """
+
+    def __init__(self, receive: Receive, announced: str | None, limit: int) -> None:
+        size = int(announced) if announced is not None and announced.isdigit() else None
+        if size is not None and size > limit:
+            raise codec.RequestError(f"body of {size} bytes exceeds the limit of {limit}", 413)
+        self.receive, self.size, self.limit = receive, size, limit
+        self.buf: bytearray | np.ndarray = bytearray() if size is None else np.empty(size, np.uint8)
+        self.pos = 0
+        self.done = False
+
+    async def fill(self, n: int) -> None:
+        """Read until at least `n` bytes are in, or the body ends."""
+        view = memoryview(self.buf) if self.size is not None else None
+        try:
+            while not self.done and self.pos < n:
+                msg = await self.receive()
+                if msg["type"] == "http.disconnect":
+                    raise codec.RequestError(
+                        "the client disconnected before sending the whole body"
+                    )
+                chunk = msg.get("body", b"")
+                end = self.pos + len(chunk)
+                if view is None:
+                    if end > self.limit:
+                        why = f"body exceeds the limit of {self.limit} bytes"
+                        raise codec.RequestError(why, 413)
+                    self.buf += chunk  # type: ignore[operator]
+                elif end > len(view):
+                    raise codec.RequestError(
+                        f"body longer than its Content-Length of {self.size} bytes"
+                    )
+                else:
+                    view[self.pos : end] = chunk
+                self.pos = end
+                self.done = not msg.get("more_body", False)
+        finally:
+            if view is not None:
+                view.release()
+
+    def head(self, n: int) -> bytes:
+        """A copy of the first `n` bytes read (after `fill(n)`)."""
+        return bytes(self.buf[:n])
+
+    async def body(self) -> bytearray | np.ndarray:
+        await self.fill(self.limit + 1)
+        if self.size is not None and self.pos != self.size:
+            raise codec.RequestError(
+                f"body of {self.pos} bytes, but its Content-Length says {self.size}"
+            )
+        return self.buf
+
+
+async def read_asgi_body(
+    receive: Receive, announced: str | None, limit: int
+) -> bytearray | np.ndarray:
+    """The whole request body (`BodyReader`)."""
+    return await BodyReader(receive, announced, limit).body()
+
+
+class EarlyShed(Exception):
+    """Shed on the JSON header alone, before the binary body is read (a 503)."""
+
+    def __init__(self, why: str, cls: PriorityClass) -> None:
+        super().__init__(why)
+        self.cls = cls
+
+
+_INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+
+
+class ServerApp:
+    """The server's ASGI app: `POST /v2/models/{m}[/versions/{v}]/infer` goes straight to
+    `RecschedServer.infer` (no starlette router, middleware, Request or Response on the hot
+    path); everything else, lifespan included, to the starlette app (`.starlette`)."""
+
+    def __init__(self, server: RecschedServer, starlette: Starlette) -> None:
+        self.server = server
+        self.starlette = starlette
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path, root = scope["path"], scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            m = _INFER_PATH.fullmatch(path)
+            if m is not None:
+                return await self.infer(m.group(1), m.group(2), scope, receive, send)
+        await self.starlette(scope, receive, send)
+
+    async def infer(
+        self, model: str, version: str | None, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        try:
+            status, body, headers = await self.server.infer(model, version, scope, receive)
+        except Exception as e:  # a bug of ours: still one response, and it says so
+            log.exception("infer failed")
+            status, body, headers = error_reply(500, f"internal error: {type(e).__name__}")
+        raw = [(b"content-length", b"%d" % len(body))]
+        raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _consume(f: asyncio.Future) -> None:
@@ -152,7 +323,16 @@ class ModelHost:
         self.engine: Engine | None = None
         self.state = "UNAVAILABLE"
         self.reason = "not started"
-        self.admission = AdmissionQueue(classes, sc.queue_capacity, sc.window_for(config))
+        self.cost: Callable[[int], float] | None = None
+        if sc.admission == "predicted":
+            self.cost = (sc.cost or profile_cost)(adapter, config)
+        self.admission = AdmissionQueue(
+            classes, sc.queue_capacity, sc.window_for(config), cost_s=self.cost,
+            lanes=lanes_of(config), reserve=sc.reserve, wait_share=sc.wait_share,
+        )  # fmt: skip
+        if sc.admission == "predicted" and not self.admission.predicted:
+            log.warning("model %s: predicted admission needs an SLA for every class "
+                        "(ServerConfig.sla_ms, --sla-ms): admitting by count", name)  # fmt: skip
         self.loop: asyncio.AbstractEventLoop | None = None
         self._qids = itertools.count()
         self.trace: TraceRecorder | None = None  # lane trace (`serve --trace`), set by the server
@@ -173,6 +353,9 @@ class ModelHost:
         new = self._new_engine(config)
         old, self.engine, self.config = self.engine, new, config
         self.admission.window = self.sc.window_for(config)
+        self.admission.lanes = lanes_of(config)
+        if isinstance(self.cost, QueryCost):
+            self.cost.reconfigure(config)
         return old
 
     def busy(self) -> int:
@@ -201,7 +384,11 @@ class ModelHost:
                 shed.waiter.set_exception(Shed(why))
         self._pump()
         if not waiter.done():
-            await asyncio.wait({waiter}, timeout=self._left(deadline))
+            if deadline == math.inf:  # (a cancelled handler cancels the waiter: `_pump`
+                with contextlib.suppress(Exception):  # frees its place once it enters)
+                    await waiter
+            else:
+                await asyncio.wait((waiter,), timeout=self._left(deadline))
         if not waiter.done():
             self.admission.cancel(ticket, "expired")
             waiter.cancel()
@@ -210,7 +397,14 @@ class ModelHost:
             raise _engine_error(waiter.exception())
         t.entered = ticket.entered_s
         wrapped = waiter.result()  # an asyncio future, resolved from the engine's
-        done, _ = await asyncio.wait({wrapped}, timeout=self._left(deadline))
+        if deadline == math.inf:
+            try:
+                return await wrapped
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                raise _engine_error(e) from None
+        done, _ = await asyncio.wait((wrapped,), timeout=self._left(deadline))
         if not done:
             wrapped.add_done_callback(_consume)
             raise ServeError(504, self._late(t, req, started=True), "REJECTED")
@@ -234,11 +428,15 @@ class ModelHost:
         return f"timeout: {waited:.1f} ms passed, over {limit}; {what}"
 
     def _pump(self) -> None:
-        """Move queued tickets into the engine while it has free slots (most valuable first)."""
-        enter, expired = self.admission.pop_ready(time.perf_counter())
-        for t in expired:
+        """Move queued tickets into the engine while it has room (most valuable first)."""
+        enter, dropped = self.admission.pop_ready(time.perf_counter())
+        for t in dropped:
             if not t.waiter.done():
-                t.waiter.set_exception(Expired("timed out in the queue before its work started"))
+                t.waiter.set_exception(
+                    Shed(t.why)
+                    if t.state == "shed"
+                    else Expired("timed out in the queue before its work started")
+                )
         for t in enter:
             if t.waiter.done():  # its handler gave up meanwhile
                 self.admission.finish(t)
@@ -270,15 +468,21 @@ class ModelHost:
             self.loop.call_soon_threadsafe(self._done, t, outcome, fut)
 
     def _done(self, t: Ticket, outcome: asyncio.Future, fut: Future) -> None:
-        """Free the engine slot, hand the result to the handler, let the next one in."""
+        """Free the engine place, hand the result to the handler, let the next one in."""
         self.admission.finish(t)
+        exc = fut.exception()
         if not outcome.done():
-            exc = fut.exception()
             if exc is not None:
                 outcome.set_exception(exc)
             else:
                 outcome.set_result(fut.result())
+        if exc is None and isinstance(self.cost, QueryCost) and isinstance(self.engine, Engine):
+            self.cost.finished(t.n_items, self._busy_s)
         self._pump()
+
+    def _busy_s(self) -> float:
+        eng = self.engine
+        return sum(lane.stats.busy_s for lane in eng.lanes) if eng is not None else 0.0
 
 
 class RecschedServer:
@@ -302,7 +506,12 @@ class RecschedServer:
         assert adapters, "serve at least one model"
         self.engine_config = config or preset("dynamic")
         self.config = sc = server_config or ServerConfig()
-        self.classes = priority_order(classes or (DEFAULT_CLASS,))
+        self.classes = priority_order(
+            [
+                dataclasses.replace(c, sla_ms=sc.sla_ms) if c.sla_ms is None and sc.sla_ms else c
+                for c in (classes or (DEFAULT_CLASS,))
+            ]
+        )
         self.token = token or None
         self.loader = loader
         self.hosts: dict[str, ModelHost] = {
@@ -318,10 +527,13 @@ class RecschedServer:
         self._inflight = 0
         self._idle = threading.Event()
         self._idle.set()
-        self.app = Starlette(
-            routes=self._routes(),
-            lifespan=self._lifespan,
-            exception_handlers={HTTPException: self._http_error, Exception: self._crash},
+        self.app = ServerApp(
+            self,
+            Starlette(
+                routes=self._routes(),
+                lifespan=self._lifespan,
+                exception_handlers={HTTPException: self._http_error, Exception: self._crash},
+            ),
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -385,9 +597,18 @@ class RecschedServer:
                 Route(base + "/ready", self.model_ready),
                 Route(base + "/config", self.model_config),
                 Route(base + "/stats", self.stats),
-                Route(base + "/infer", self.infer, methods=["POST"]),
+                Route(base + "/infer", self._infer_route, methods=["POST"]),
             ]
         return r
+
+    async def _infer_route(self, request: Request) -> Response:
+        """Unreached: `ServerApp` answers POST .../infer first (the route gives other methods
+        their 405)."""
+        status, body, headers = await self.infer(
+            request.path_params["model"], request.path_params.get("version"),
+            request.scope, request.receive,
+        )  # fmt: skip
+        return Response(body, status, headers)
 
     async def _http_error(self, request: Request, exc: HTTPException) -> Response:
         return error_response(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
@@ -397,11 +618,12 @@ class RecschedServer:
         return error_response(500, f"internal error: {type(exc).__name__}")
 
     def _host(self, request: Request) -> ModelHost:
-        name = request.path_params["model"]
+        return self._host_named(request.path_params["model"], request.path_params.get("version"))
+
+    def _host_named(self, name: str, version: str | None) -> ModelHost:
         host = self.hosts.get(name)
         if host is None:
             raise ServeError(404, f"unknown model '{name[:100]}'; serving: {', '.join(self.hosts)}")
-        version = request.path_params.get("version")
         if version is not None and version != self.config.version:
             raise ServeError(
                 404,
@@ -474,6 +696,9 @@ class RecschedServer:
         for h in self.hosts.values():
             for c in self.classes:
                 self.metrics.queue_depth.labels(h.name, c.name).set(h.admission.queued(c.name))
+            if h.admission.predicted:
+                self.metrics.backlog.labels(h.name).set(h.admission.backlog_s())
+                self.metrics.cost_scale.labels(h.name).set(getattr(h.cost, "scale", 1.0))
         body = self.metrics.render({n: h.engine for n, h in self.hosts.items()})
         return Response(body, 200, media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -483,37 +708,49 @@ class RecschedServer:
         return Response(b"", 200)  # nothing is ever registered: unregistering is a no-op
 
     # -- inference --------------------------------------------------------------------------------
-    async def infer(self, request: Request) -> Response:
-        """POST /v2/models/{m}/infer: exactly one response per request, never a 500 for input."""
+    async def infer(self, model: str, version: str | None, scope: Scope, receive: Receive) -> Reply:
+        """POST /v2/models/{m}/infer: exactly one response per request, never a 500 for input.
+
+        Raw ASGI in, `(status, body, headers)` out (`ServerApp` sends it).
+        """
         t = Timings(time.perf_counter())
         try:
-            h = self._host(request)
+            h = self._host_named(model, version)
         except ServeError as e:
             self.metrics.refused("_unknown")
-            return error_response(e.status, str(e))
+            return error_reply(e.status, str(e))
         if self.draining:
             self.metrics.failed(h.name, "CANCELED", None, t.arrival)
-            return error_response(503, "shutting down: the server is not accepting new requests")
+            return error_reply(503, "shutting down: the server is not accepting new requests")
         if h.state != "READY":
-            return error_response(503, f"model '{h.name}' is not ready ({h.reason})")
+            return error_reply(503, f"model '{h.name}' is not ready ({h.reason})")
         self._inflight += 1
         self._idle.clear()
         try:
-            return await self._infer(h, request, t)
+            return await self._infer(h, scope, receive, t)
         finally:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
 
-    async def _decode(self, h: ModelHost, request: Request) -> codec.InferRequest:
+    async def _decode(self, h: ModelHost, scope: Scope, receive: Receive) -> codec.InferRequest:
         limits = self.config.limits
-        body = await read_body(request, limits.max_body_bytes)
-        body = codec.decompress(
-            body, request.headers.get("content-encoding"), limits.max_body_bytes
-        )
+        headers = infer_headers(scope)
+        reader = BodyReader(receive, headers.get("content-length"), limits.max_body_bytes)
+        hl = headers.get("inference-header-content-length", "")
+        if h.admission.predicted and hl.isdigit() and "content-encoding" not in headers:
+            await reader.fill(int(hl))  # shed on the header alone if it would miss its SLA
+            peek = codec.peek_request(reader.head(int(hl)), len(self.classes))
+            if peek is not None:
+                cls = class_for_priority(self.classes, peek[0])
+                why = h.admission.refuse_early(cls, peek[1])
+                if why is not None:
+                    raise EarlyShed(why, cls)
+        body = await reader.body()
+        body = codec.decompress(body, headers.get("content-encoding"), limits.max_body_bytes)
         args = (
             body,
-            request.headers.get("inference-header-content-length"),
+            headers.get("inference-header-content-length"),
             h.adapter.inputs,
             limits,
             len(self.classes),
@@ -522,12 +759,17 @@ class RecschedServer:
             return await asyncio.to_thread(codec.decode_request, *args)
         return codec.decode_request(*args)
 
-    async def _infer(self, h: ModelHost, request: Request, t: Timings) -> Response:
+    async def _infer(self, h: ModelHost, scope: Scope, receive: Receive, t: Timings) -> Reply:
         try:
-            req = await self._decode(h, request)
+            req = await self._decode(h, scope, receive)
         except codec.RequestError as e:
             self.metrics.refused(h.name)
-            return error_response(e.status, str(e))
+            return error_reply(e.status, str(e))
+        except EarlyShed as e:
+            self.metrics.accepted(h.name)
+            self.metrics.failed(h.name, "REJECTED", t, time.perf_counter())
+            self.metrics.shed.labels(h.name, e.cls.name, "shed").inc()
+            return error_reply(503, f"overloaded, request shed: {e} (its body was not read)")
         t.decoded = time.perf_counter()
         cls = class_for_priority(self.classes, req.priority)
         self.metrics.accepted(h.name)
@@ -543,14 +785,14 @@ class RecschedServer:
                 self.metrics.shed.labels(
                     h.name, cls.name, "timeout" if e.status == 504 else "shed"
                 ).inc()
-            return error_response(e.status, str(e))
+            return error_reply(e.status, str(e))
         except Exception as e:  # a bug of ours: still one response, and it says so
             log.exception("infer failed")
             self.metrics.failed(h.name, "OTHER", t, time.perf_counter())
-            return error_response(500, f"internal error: {type(e).__name__}: {e}")
+            return error_reply(500, f"internal error: {type(e).__name__}: {e}")
         t.encoded = time.perf_counter()
         self.metrics.succeeded(h.name, cls.name, req.n_items, t)
-        return Response(body, 200, headers)
+        return 200, body, headers
 
     # -- state-changing endpoints (bearer token) ---------------------------------------------
     def _unauthorized(self, request: Request) -> Response | None:
@@ -591,7 +833,9 @@ class RecschedServer:
                 adapter = await asyncio.to_thread(self.loader, name)
             except (ValueError, MemoryError) as e:
                 return error_response(400, f"cannot load model '{name[:100]}': {e}")
-            h = ModelHost(name, adapter, self.engine_config, self.classes, self.config)
+            h = await asyncio.to_thread(  # (predicted admission may profile the model)
+                ModelHost, name, adapter, self.engine_config, self.classes, self.config
+            )
             self.hosts[name] = h
         if h.state != "READY":
             h.reason = "loading"
@@ -707,6 +951,7 @@ def make_uvicorn(
         port=port,
         log_level=log_level,
         access_log=False,
+        proxy_headers=False,  # no proxy in front; saves a middleware per request
         lifespan="on",
         timeout_graceful_shutdown=server.config.drain_timeout_s,
     )

@@ -49,6 +49,18 @@ def register(app: typer.Typer) -> None:
         max_batch_size: int = typer.Option(4096, help="Most items one request may carry."),
         max_body_mb: float = typer.Option(64.0, help="Largest request body, MiB."),
         queue_capacity: int = typer.Option(256, help="Requests waiting for the engine, in all."),
+        sla_ms: float | None = typer.Option(
+            None, help="SLA of the classes that name none (predicted admission needs one)."
+        ),
+        admission: str = typer.Option(
+            "auto",
+            help="count | predicted | auto (predicted when several classes all have an SLA): "
+            "predicted holds low-value work while the engine has enough, by the model's "
+            "profiled cost, and sheds what would miss its SLA.",
+        ),
+        reserve: float = typer.Option(
+            0.25, help="predicted: engine backlog allowed below the top class (share of its SLA)."
+        ),
         hang_s: float = typer.Option(30.0, help="A lane task longer than this is a hung lane."),
         seed: int = typer.Option(0, help="Model weight seed."),
         log_level: str = typer.Option("info", help="uvicorn log level."),
@@ -92,7 +104,14 @@ def register(app: typer.Typer) -> None:
             overrides = {"lanes": lanes} if lanes is not None else {}
             cfg = make_preset(preset, **overrides)
             prio = parse_classes(classes)
+            if admission not in ("auto", "count", "predicted"):
+                raise ValueError(f"--admission is auto, count or predicted, not {admission!r}")
+            if admission == "auto":
+                slas = all(c.sla_ms or sla_ms for c in prio)
+                admission = "predicted" if len(prio) > 1 and slas else "count"
             limits = Limits(max_batch_size, int(max_body_mb * (1 << 20)))
+            if not 0.0 < reserve <= 1.0:
+                raise ValueError(f"--reserve is a share of an SLA in (0, 1], got {reserve:g}")
             adapters = {m: load_model(m, scale=scale, seed=seed) for m in dict.fromkeys(models)}
         except (ValueError, MemoryError, AssertionError) as e:
             typer.echo(f"error: {e}", err=True)
@@ -104,14 +123,16 @@ def register(app: typer.Typer) -> None:
             )
         sc = ServerConfig(
             limits=limits, queue_capacity=queue_capacity, hang_s=hang_s,
-            trace_path=str(trace) if trace else None,
+            trace_path=str(trace) if trace else None, admission=admission, sla_ms=sla_ms,
+            reserve=reserve,
         )  # fmt: skip
         server = RecschedServer(
             adapters, cfg, sc, prio, token, loader=lambda m: load_model(m, scale=scale, seed=seed)
         )
+        doors = "need the bearer token" if token else "are disabled"
         typer.echo(
-            f"serving {', '.join(adapters)} ({preset}, {cfg.lanes} lanes) on http://{host}:{port}"
-            f"; state-changing endpoints {'need the bearer token' if token else 'are disabled'}",
+            f"serving {', '.join(adapters)} ({preset}, {cfg.lanes} lanes, {admission} admission) "
+            f"on http://{host}:{port}; state-changing endpoints {doors}",
             err=True,
         )
         serve(server, host, port, log_level)

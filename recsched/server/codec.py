@@ -341,10 +341,14 @@ def _check_values(spec: InputSpec, a: np.ndarray) -> None:
         return
     if spec.kind == "dense" and a.dtype.kind == "f":
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, as intended
-            total = a.sum(dtype=np.float64)  # exact for float32: this sum cannot overflow
+            total = a.sum()  # NaN or inf if any element is; finite overflow is checked below
         if not np.isfinite(total) and not bool(np.isfinite(a).all()):
             raise RequestError(f"input '{spec.name}': contains NaN or inf")
     elif spec.kind == "index":
+        if spec.low == 0 and spec.high is not None and a.dtype.kind == "i":
+            # one pass: as unsigned, a negative id is huge, so max < high means all in range
+            if int(a.view(f"u{a.dtype.itemsize}").max()) < spec.high:
+                return
         lo, hi = int(a.min()), int(a.max())
         if lo < spec.low or (spec.high is not None and hi >= spec.high):
             raise RequestError(
@@ -383,6 +387,20 @@ def _requested_outputs(obj: dict, binary_default: bool, out_names: Sequence[str]
             raise RequestError(f"output '{name}' is requested twice")
         got.append(RequestedOutput(name, binary))
     return tuple(got)
+
+
+def peek_request(header: bytes | memoryview, priority_levels: int) -> tuple[int, int] | None:
+    """`(priority, n_items)` from a request's JSON header, or None when it is not clean (the
+    full `decode_request` then says what is wrong). Cheap: no tensors, no validation."""
+    try:
+        obj = json.loads(bytes(header))
+        p = obj.get("parameters", {}).get("priority", 0)
+        n = obj["inputs"][0]["shape"][0]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
+        return None
+    if not (_is_int(p) and 0 <= p <= priority_levels and _is_int(n) and n >= 1):
+        return None
+    return p, n
 
 
 def decode_request(

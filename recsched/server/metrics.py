@@ -152,6 +152,12 @@ _TRITON_FAMILIES: dict[str, tuple[str, str]] = {
 }
 
 
+_PHASE_METRIC = {
+    k: f"nv_inference_{k}_duration_us"
+    for k in ("compute_input", "queue", "compute_infer", "compute_output")
+}
+
+
 def _escape(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -168,10 +174,14 @@ class TritonMetrics:
         self._lock = threading.Lock()
 
     def add(self, name: str, labels: dict[str, str], value: float = 1.0) -> None:
-        key = tuple(sorted(labels.items()))
+        self.add_many(tuple(sorted(labels.items())), ((name, value),))
+
+    def add_many(self, key: tuple[tuple[str, str], ...], updates: Iterable) -> None:
+        """Add each `(name, value)` of `updates` under the sorted label `key` (one lock)."""
         with self._lock:
-            fam = self._v[name]
-            fam[key] = fam.get(key, 0.0) + value
+            for name, value in updates:
+                fam = self._v[name]
+                fam[key] = fam.get(key, 0.0) + value
 
     def set(self, name: str, labels: dict[str, str], value: float) -> None:
         with self._lock:
@@ -218,12 +228,24 @@ class ServerMetrics:
             "recsched_admission_queued", "Requests waiting for an engine slot",
             ["model", "class"], registry=r,
         )  # fmt: skip
+        self.backlog = Gauge(
+            "recsched_admission_backlog_seconds",
+            "Predicted seconds of work per lane inside the engine (predicted admission)",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.cost_scale = Gauge(
+            "recsched_admission_cost_scale",
+            "Measured / profiled lane time of finished work (predicted admission)",
+            ["model"], registry=r,
+        )  # fmt: skip
         self.restarts = Counter(
             "recsched_lane_restarts_total", "Lanes replaced by the watchdog",
             ["model", "lane", "why"], registry=r,
         )  # fmt: skip
         self._stats: dict[str, ModelStats] = {}
         self._lock = threading.Lock()
+        self._keys: dict[str, tuple[tuple[str, str], ...]] = {}  # model -> sorted mv labels
+        self._hist: dict[tuple[str, str], Any] = {}  # (model, class) -> latency child
 
     def watch_engines(self, engines: Callable[[], Mapping[str, Any]]) -> None:
         self.registry.register(EngineCollector(engines))
@@ -236,22 +258,33 @@ class ServerMetrics:
     def _mv(self, model: str) -> dict[str, str]:
         return {"model": model, "version": self.version}
 
+    def _key(self, model: str) -> tuple[tuple[str, str], ...]:
+        key = self._keys.get(model)
+        if key is None:
+            key = self._keys[model] = tuple(sorted(self._mv(model).items()))
+        return key
+
     def accepted(self, model: str) -> None:
-        self.triton.add("nv_inference_pending_request_count", self._mv(model), 1)
+        self.triton.add_many(self._key(model), (("nv_inference_pending_request_count", 1),))
 
     def succeeded(self, model: str, cls: str, n_items: int, t: Timings) -> None:
         """A request answered with scores."""
-        mv = self._mv(model)
-        tr = self.triton
-        tr.add("nv_inference_pending_request_count", mv, -1)
-        tr.add("nv_inference_request_success", mv)
-        tr.add("nv_inference_count", mv, n_items)
         ph = t.phases_ns()
         total = max(0, int((t.encoded - t.arrival) * 1e9))
-        tr.add("nv_inference_request_duration_us", mv, total // 1000)
-        for k, ns in ph.items():
-            tr.add(f"nv_inference_{k}_duration_us", mv, ns // 1000)
-        self.latency.labels(model, cls).observe(total / 1e9)
+        self.triton.add_many(
+            self._key(model),
+            [
+                ("nv_inference_pending_request_count", -1),
+                ("nv_inference_request_success", 1),
+                ("nv_inference_count", n_items),
+                ("nv_inference_request_duration_us", total // 1000),
+                *((_PHASE_METRIC[k], ns // 1000) for k, ns in ph.items()),
+            ],
+        )
+        hist = self._hist.get((model, cls))
+        if hist is None:
+            hist = self._hist[(model, cls)] = self.latency.labels(model, cls)
+        hist.observe(total / 1e9)
         st = self.stats_of(model)
         with self._lock:
             st.inference_count += n_items

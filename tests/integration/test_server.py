@@ -93,10 +93,10 @@ def tiny_adapter() -> ModelAdapter:
 def served(engine=None, classes=(HIGH, LOW), token=None, **sc):
     ad = tiny_adapter()
     sc.setdefault("limits", Limits(max_batch_size=256, max_body_bytes=1 << 20))
-    rs = RecschedServer(
-        {"tiny": ad}, engine or EngineConfig(request="dynamic", batch_size=8),
-        ServerConfig(**sc), classes, token,
-    )  # fmt: skip
+    # eager: Tiny's Python forward records what it saw and waits on its gate (a TorchScript
+    # trace would do neither)
+    engine = (engine or EngineConfig(request="dynamic", batch_size=8)).replace(compiled=False)
+    rs = RecschedServer({"tiny": ad}, engine, ServerConfig(**sc), classes, token)
     with BackgroundServer(rs) as bg:
         try:
             yield rs, bg, ad
