@@ -26,8 +26,9 @@ class EngineConfig:
     operator: sequential | roundrobin | opstream. lanes / threads_per_lane: CPU lanes.
     granularity: coarse | fine | model operator graphs (operator policies other than
     sequential); `model` is the whole model as one operator (recsched.graph.whole).
-    order: the `sequential` queue's order: `fifo`, or `size` (small queries overtake the
-    queued pieces of large ones; recsched.sched.operator.SizeOrdered).
+    order: the `sequential` queue's order: `fifo`, `size` (small queries overtake the
+    queued pieces of large ones) or `value` (and high-value ones overtake low-value ones;
+    recsched.sched.operator.SizeOrdered).
     compiled: whole-model tasks run the TorchScript forward (`ModelAdapter.compiled`), which
     runs without the GIL; False runs the eager module (for comparison and for debugging).
     """
@@ -63,8 +64,8 @@ class EngineConfig:
             raise ValueError("offload_threshold must be >= 1")
         if self.granularity not in ("coarse", "fine", "model"):
             raise ValueError("granularity is coarse, fine or model")
-        if self.order not in ("fifo", "size"):
-            raise ValueError(f"unknown queue order {self.order!r}; fifo or size")
+        if self.order not in ("fifo", "size", "value"):
+            raise ValueError(f"unknown queue order {self.order!r}; fifo, size or value")
         if self.queue_capacity < 1:
             raise ValueError("queue_capacity must be >= 1")
 

@@ -68,3 +68,13 @@ def test_weight_zero_is_fifo_and_key_uses_query_items():
     assert run_one_lane("", arrivals, zero) == run_one_lane("fifo", arrivals) == [0, 1, 2]
     big_piece = Batch(0, (Part(0, 0, 100),), created_s=0.0, query_items=1000)
     assert SizeOrdered(["cpu"], PerItem()).key(big_piece) == 1e-3 + 1e-5 * 1000  # its query's
+
+
+def test_value_order_lets_high_value_pieces_pass_low_value_ones():
+    pol = make_operator_policy("sequential", ["cpu"], PerItem(), order="value")
+    low = Batch(0, (Part(0, 0, 100),), created_s=0.0, value=1.0, query_items=100)
+    high = Batch(1, (Part(1, 0, 100),), created_s=0.001, value=10.0, query_items=100)
+    pol.add(low, 0.0)
+    pol.add(high, 0.001)
+    assert pol.schedule(0.001)[0].bid == 1  # later, but ten times the value
+    assert make_operator_policy("sequential", ["cpu"], PerItem(), order="size").key(high) > 0.002
