@@ -82,7 +82,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "dynamic": {"request": "dynamic", "operator": "sequential"},
     "deeprecsched": {"request": "tuned", "operator": "sequential"},
     "roundrobin": {"request": "tuned", "operator": "roundrobin"},
-    "opstream": {"request": "tuned", "operator": "opstream"},
+    "opstream": {"request": "tuned", "operator": "opstream", "granularity": "model"},
 }
 
 
