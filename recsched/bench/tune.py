@@ -15,6 +15,7 @@ from recsched.bench import calibrate
 from recsched.bench.capacity import find_capacity
 from recsched.bench.tuning import (
     TuneCache,
+    confirm_against_start,
     measurement_from_capacity,
     run_tuning,
     tune_result_json,
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from recsched.bench.setup import Log, Setup
 
 AUTO_BUDGET = 8  # tuning on a cache miss (e.g. inside `compare`): about a minute on rmc1
+# After the climb, the tuned best and the start are re-measured this many times each,
+# interleaved; the best must beat the start on its mean (bench.tuning.confirm_against_start).
+CONFIRM_ROUNDS = 2
 AUTO_DURATION_S = 2.5  # per run: shorter runs made p95 too noisy to rank configurations
 TUNED_FIELDS = (
     "batch_size",
@@ -101,10 +105,15 @@ def tune(
             log(f"  tune step {row['step']}: {knobs}  {row['qps']:.1f} qps  {ok}")
 
     result = run_tuning(measure, tuning_space(lanes), start, budget, setup.seed, progress)
+    result, confirm = confirm_against_start(result, start, measure, CONFIRM_ROUNDS)
+    if log is not None and confirm:
+        kept = "the tuned best" if result.best_config != start else "the start point"
+        log(f"  confirmation ({len(confirm)} runs, start vs best, interleaved): kept {kept}")
     TuneCache(calibrate.cache_dir() / "tuned").put(
         setup.adapter.name, setup.scale, setup.sla_ms, cache_key_sizes(setup, start), result
     )
     doc = tune_result_json(result, setup.adapter.name)
+    doc["confirm"] = confirm
     for row in doc["trajectory"]:
         row["knobs"] = {k: row["config"][k] for k in TUNED_FIELDS if k in row["config"]}
     return doc

@@ -424,3 +424,43 @@ def test_configurations_tuned_on_the_simulator_have_keys_of_their_own() -> None:
     real = Setup.make("ncf", sla_ms=10.0)
     sim = Setup.make("ncf", sla_ms=10.0, sim=True)
     assert cache_key_sizes(sim, EngineConfig()) == cache_key_sizes(real, EngineConfig()) + "|sim"
+
+
+def _result(best: EngineConfig, qps: float, trajectory: list) -> object:
+    from recsched.bench.tuning import TuneResult
+
+    return TuneResult(best, Measurement(qps, 10.0, 20.0, True), trajectory, 3, 8, 0.0)
+
+
+def test_confirmation_keeps_the_start_when_the_best_was_a_lucky_draw() -> None:
+    from recsched.bench.tuning import confirm_against_start
+
+    start = EngineConfig(request="dynamic", batch_size=1024, merge_delay_ms=0.0)
+    best = start.replace(batch_size=256)
+    truth = {1024: 700.0, 256: 500.0}  # the start is really better; 256 once measured 540
+    traj = [{"config": {"batch_size": 1024, "merge_delay_ms": 0.0}, "qps": 380.0, "met": True}]
+    calls = []
+
+    def measure(c: EngineConfig) -> Measurement:
+        calls.append(c.batch_size)
+        return Measurement(truth[c.batch_size], 10.0, 20.0, True)
+
+    res, rows = confirm_against_start(_result(best, 540.0, traj), start, measure, rounds=2)
+    assert calls == [1024, 256, 1024, 256]  # interleaved
+    assert res.best_config == start and res.best.qps == 700.0  # (380+700+700)/3 > (540+500+500)/3
+    assert [r["confirm"] for r in rows] == ["start", "best", "start", "best"]
+
+
+def test_confirmation_keeps_a_truly_better_best_and_skips_when_best_is_start() -> None:
+    from recsched.bench.tuning import confirm_against_start
+
+    start = EngineConfig(request="dynamic", batch_size=1024, merge_delay_ms=0.0)
+    best = start.replace(batch_size=256)
+
+    def measure(c: EngineConfig) -> Measurement:
+        return Measurement(900.0 if c.batch_size == 256 else 600.0, 10.0, 20.0, True)
+
+    res, _ = confirm_against_start(_result(best, 850.0, []), start, measure, rounds=1)
+    assert res.best_config == best
+    same, rows = confirm_against_start(_result(start, 600.0, []), start, measure)
+    assert same.best_config == start and rows == []
