@@ -241,9 +241,10 @@ def calibrate_model(
     (which holds the GIL) and kernels, and the machine's load at the time of measuring.
     """
     fs = []
+    fwd = adapter.runner() if hasattr(adapter, "runner") else adapter.module  # as served
     for b in batches:
         x, y = adapter.make_inputs(int(b), 1), adapter.make_inputs(int(b), 2)
-        ops = {"a": lambda x=x: adapter.module(x), "b": lambda y=y: adapter.module(y)}
+        ops = {"a": lambda x=x: fwd(x), "b": lambda y=y: fwd(y)}
         fs.append(co_run_factors(ops, [("a", "b")], reps, threads, rounds)["a|b"])
     assert fs, "at least one batch size"
     cpu = dict(base.cpu)

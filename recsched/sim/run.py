@@ -483,7 +483,7 @@ def lane_profile(adapter: Any, threads: int = 1, serving: bool = True) -> dict[s
         add_engine_idle_cost(out, adapter, EngineConfig(lanes=1, threads_per_lane=threads))
         return out
 
-    return calibrate.cached(f"{key}-serving-v4", measure) if serving else measure()
+    return calibrate.cached(f"{key}-serving-v5", measure) if serving else measure()
 
 
 IDLE_FROM_S, IDLE_GAP_S = 2e-4, 0.02  # see recsched.sim.lanes.IdleModel
@@ -521,11 +521,13 @@ def serving_correction(
         a = int(rng.integers(0, pool_rows - rows + 1))
         return slice_rows(pool, a, a + rows)
 
+    forward = adapter.runner()  # the forward the lanes serve (TorchScript unless it failed)
+
     def timed(x: Any, sleep_s: float = 0.0) -> float:
         if sleep_s:
             time.sleep(sleep_s)
         t0 = time.perf_counter()
-        adapter.module(x)
+        forward(x)
         return time.perf_counter() - t0
 
     try:
