@@ -422,21 +422,26 @@ def http_result(log: LatencyLog, counts: dict, setup: Setup, qps: float) -> dict
 
 
 def http_once(url: str, model: str, setup: Setup, qps: float, duration_s: float, client: str,
-              server_pid: int) -> dict:  # fmt: skip
+              server_pid: int | None) -> dict:  # fmt: skip
     """One open-loop HTTP run with CPU per query of the server and of the load generator."""
-    s0, c0 = cpu_s(server_pid), time.process_time()
+    s0, c0 = (cpu_s(server_pid) if server_pid else 0.0), time.process_time()
     log, counts = run_async(open_loop(url, model, setup, qps, duration_s, client))
-    s1, c1 = cpu_s(server_pid), time.process_time()
+    s1, c1 = (cpu_s(server_pid) if server_pid else 0.0), time.process_time()
     r = http_result(log, counts, setup, qps)
     q = max(1, r["queries"])
-    r["cpu_ms"] = {"server": (s1 - s0) / q * 1e3, "client": (c1 - c0) / q * 1e3}
+    r["cpu_ms"] = {"client": (c1 - c0) / q * 1e3}
+    if server_pid:  # None: the server is not one process (Ray replicas)
+        r["cpu_ms"]["server"] = (s1 - s0) / q * 1e3
     t0 = time.monotonic()
     while pending(url, model) > 0 and time.monotonic() - t0 < 30:
         time.sleep(0.1)  # let an overloaded run's backlog drain before the next
     return r
 
 
-def http_run_fn(url: str, model: str, setup: Setup, duration_s: float, client: str, pid: int):
+def http_run_fn(
+    url: str, model: str, setup: Setup, duration_s: float, client: str = "raw",
+    pid: int | None = None,
+):  # fmt: skip
     def run(qps: float) -> dict:
         d = min(4 * duration_s, max(duration_s, 300.0 / qps))
         return http_once(url, model, setup, qps, d, client, pid)
