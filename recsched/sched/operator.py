@@ -92,7 +92,7 @@ class Sequential(OperatorPolicy):
 
     def add(self, batch: Batch, now: float) -> None:
         kind = batch.lane_kind if self._has[batch.lane_kind] else "cpu"
-        self._fifo[kind].append(batch)
+        self._enqueue(kind, batch)
         parts = batch.parts
         if len(parts) == 1:  # Batch.size without its generator
             p = parts[0]
@@ -105,7 +105,7 @@ class Sequential(OperatorPolicy):
         tasks: list[Task] = []
         for fifo, free in self._pairs:
             while fifo and free:
-                b = fifo.popleft()
+                b = self._dequeue(fifo)
                 pred = self.cost.whole_s(self._sizes[b.bid]) if self.cost else 0.0
                 t = Task(next(self._tids), b.bid, free.popleft(), None, None, pred)
                 self._running[t.tid] = t
@@ -129,6 +129,14 @@ class Sequential(OperatorPolicy):
 
     def idle_lanes(self, kind: LaneKind = "cpu") -> int:
         return max(0, len(self._free[kind]) - len(self._fifo[kind]))
+
+    def _enqueue(self, kind: str, batch: Batch) -> None:
+        """Queue a batch for lanes of `kind` (FIFO here; `SizeOrdered` keeps a heap)."""
+        self._fifo[kind].append(batch)
+
+    def _dequeue(self, queue) -> Batch:
+        """The next batch of a queue `_enqueue` filled."""
+        return queue.popleft()
 
     def queued(self) -> int:
         return len(self._sizes)
@@ -183,24 +191,11 @@ class SizeOrdered(Sequential):
             return batch.created_s + self.size_weight * alone / max(batch.value, 1e-9)
         return batch.created_s + self.size_weight * alone
 
-    def add(self, batch: Batch, now: float) -> None:
-        kind = batch.lane_kind if self._has[batch.lane_kind] else "cpu"
+    def _enqueue(self, kind: str, batch: Batch) -> None:
         heapq.heappush(self._heap[kind], (self.key(batch), batch.bid, batch))
-        self._sizes[batch.bid] = batch.size
-        self.batches_in += 1
 
-    def schedule(self, now: float) -> list[Task]:
-        tasks: list[Task] = []
-        for heap, free in self._pairs:
-            while heap and free:
-                b = heapq.heappop(heap)[2]
-                pred = self.cost.whole_s(self._sizes[b.bid]) if self.cost else 0.0
-                t = Task(next(self._tids), b.bid, free.popleft(), None, None, pred)
-                self._running[t.tid] = t
-                tasks.append(t)
-        if sched.CHECKS:
-            self.check_invariants()
-        return tasks
+    def _dequeue(self, queue) -> Batch:
+        return heapq.heappop(queue)[2]
 
 
 QUEUE_ORDERS = ("fifo", "size", "value")
