@@ -69,40 +69,23 @@ def search_capacity(
     max_runs: int = 9,
     log: Log | None = None,
 ) -> tuple[float, dict | None, list[dict]]:
-    """Highest passing rate: bracket from `start_qps` by factors of `step`, then bisect to
-    `rel_tol`. Returns (qps, its run or None, every run's row)."""
-    assert start_qps > 0 and step > 1 and max_runs >= 1
-    rows: list[dict] = []
-    best: tuple[float, dict | None] = (0.0, None)
+    """Highest passing rate (`recsched.bench.capacity.find_capacity`, bracketing by factors of
+    `step`). Returns (qps, its run or None, every run's row)."""
+    from recsched.bench.capacity import find_capacity
 
-    def measure(q: float) -> bool:
-        nonlocal best
-        r = run(q)
+    rows: list[dict] = []
+
+    def on_run(r: dict) -> None:
         rows.append(_row(r))
-        ok = _ok(r)
         if log is not None:
             p95 = r["latency_ms"]["p95"]
-            log(f"    {q:10.1f} qps  p95 {p95:8.2f} ms  {'ok' if ok else 'miss'}")
-        if ok and q > best[0]:
-            best = (q, r)
-        return ok
+            ok = "ok" if _ok(r) else "miss"
+            log(f"    {r['offered_qps']:10.1f} qps  p95 {p95:8.2f} ms  {ok}")
 
-    lo, hi = 0.0, math.inf
-    q = start_qps
-    while len(rows) < max_runs and (lo == 0.0 or hi == math.inf):
-        if measure(q):
-            lo = q
-            q *= step
-        else:
-            hi = q
-            q /= step
-    while len(rows) < max_runs and lo > 0 and hi < math.inf and (hi - lo) > rel_tol * lo:
-        q = 0.5 * (lo + hi)
-        if measure(q):
-            lo = q
-        else:
-            hi = q
-    return best[0], best[1], rows
+    s = find_capacity(
+        run, start_qps=start_qps, rel_tol=rel_tol, max_runs=max_runs, on_run=on_run, step=step
+    )
+    return s.qps, s.best, rows
 
 
 def servers_needed(

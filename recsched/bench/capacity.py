@@ -37,12 +37,14 @@ def find_capacity(
     min_qps: float = 0.1,
     max_qps: float = 1e7,
     on_run: Callable[[dict], None] | None = None,
+    step: float = 2.0,
 ) -> CapacitySearch:
-    """Bracket then bisect the offered rate. Stops after `max_runs` runs at the latest.
+    """Bracket (multiply or divide by `step`) then bisect the offered rate. Stops after
+    `max_runs` runs at the latest.
 
     Returns rate 0 with no best run when even `min_qps` fails.
     """
-    assert start_qps > 0 and rel_tol > 0 and max_runs >= 1
+    assert start_qps > 0 and rel_tol > 0 and max_runs >= 1 and step > 1
     out = CapacitySearch(0.0, None)
 
     def measure(q: float) -> bool:
@@ -62,12 +64,12 @@ def find_capacity(
             lo = q
             if q >= max_qps:
                 return out
-            q = min(q * 2, max_qps)
+            q = min(q * step, max_qps)
         else:
             hi = q
             if q <= min_qps:
                 return out
-            q = max(q / 2, min_qps)
+            q = max(q / step, min_qps)
         if lo > 0 and hi < math.inf:
             break
     while len(out.runs) < max_runs and hi / lo > 1 + rel_tol:  # bisect
