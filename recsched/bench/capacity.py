@@ -3,6 +3,7 @@
 Search on the offered rate by open-loop runs: bracket (double or halve from a start), then
 bisect geometrically until the bracket is within `rel_tol`. The run function is injected, so
 the same search drives the real engine, the simulator, or a synthetic surface in a test.
+On a noisy machine, `confirm` makes each verdict the majority of repeated runs at one rate.
 """
 
 from __future__ import annotations
@@ -16,16 +17,23 @@ RunFn = Callable[[float], dict]
 
 @dataclass
 class CapacitySearch:
-    """The outcome: best passing rate, its run, and every run in the order made."""
+    """The outcome: best passing rate, its run, every run in the order made, and each
+    distinct rate's verdicts (pass or fail per run, in order)."""
 
     qps: float
     best: dict | None
     runs: list[dict] = field(default_factory=list)
+    verdicts: dict[float, list[bool]] = field(default_factory=dict)
 
 
 def passes(result: dict) -> bool:
     """A run meets its SLA when every class meets its percentile target."""
     return bool(result.get("sla_met"))
+
+
+def majority(votes: list[bool]) -> bool:
+    """Pass when more than half the runs passed; a tie fails (conservative)."""
+    return 2 * sum(votes) > len(votes)
 
 
 def find_capacity(
@@ -38,29 +46,49 @@ def find_capacity(
     max_qps: float = 1e7,
     on_run: Callable[[dict], None] | None = None,
     step: float = 2.0,
+    confirm: int = 0,
 ) -> CapacitySearch:
     """Bracket (multiply or divide by `step`) then bisect the offered rate. Stops after
     `max_runs` runs at the latest.
 
+    With `confirm=k > 0` a verdict that moves the bracket is re-measured at the same rate
+    up to k more times and the majority of the 1 + k runs decides, stopping as soon as it is
+    decided (k=2: best of 3; a tie fails, so an odd k never overturns a failure). Bisection
+    confirms both verdicts, bracketing only failures. `max_runs` bounds all runs, confirming
+    ones included: when it runs out mid-confirmation the runs made decide (a tie fails).
+    `best` is the first passing run at the final `qps`.
+
     Returns rate 0 with no best run when even `min_qps` fails.
     """
-    assert start_qps > 0 and rel_tol > 0 and max_runs >= 1 and step > 1
+    assert start_qps > 0 and rel_tol > 0 and max_runs >= 1 and step > 1 and confirm >= 0
     out = CapacitySearch(0.0, None)
 
-    def measure(q: float) -> bool:
+    def measure(q: float) -> dict:
         r = run(q)
         out.runs.append(r)
+        out.verdicts.setdefault(q, []).append(passes(r))
         if on_run is not None:
             on_run(r)
-        ok = passes(r)
+        return r
+
+    def verdict(q: float, confirm_pass: bool) -> bool:
+        """The decided verdict at `q`; on a pass, `q` becomes the best rate so far."""
+        made = [measure(q)]
+        n = 1 if passes(made[0]) and not confirm_pass else 1 + confirm
+        while len(out.runs) < max_runs:
+            n_pass = sum(map(passes, made))
+            if n_pass > n // 2 or len(made) - n_pass >= n - n // 2:  # majority decided
+                break
+            made.append(measure(q))
+        ok = majority([passes(r) for r in made])
         if ok and q > out.qps:
-            out.qps, out.best = q, r
+            out.qps, out.best = q, next(r for r in made if passes(r))
         return ok
 
     lo, hi = 0.0, math.inf
     q = min(max(start_qps, min_qps), max_qps)
     while len(out.runs) < max_runs:  # bracket
-        if measure(q):
+        if verdict(q, confirm_pass=False):
             lo = q
             if q >= max_qps:
                 return out
@@ -74,7 +102,7 @@ def find_capacity(
             break
     while len(out.runs) < max_runs and hi / lo > 1 + rel_tol:  # bisect
         q = math.sqrt(lo * hi)
-        if measure(q):
+        if verdict(q, confirm_pass=True):
             lo = q
         else:
             hi = q

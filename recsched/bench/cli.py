@@ -43,6 +43,14 @@ ArrivalsOpt = Annotated[str, typer.Option("--arrivals", help="poisson | constant
 LanesOpt = Annotated[int | None, typer.Option("--lanes", help="CPU lanes (worker threads).")]
 TplOpt = Annotated[int | None, typer.Option("--threads-per-lane", help="Intra-op threads.")]
 SimOpt = Annotated[bool, typer.Option("--sim", help="Measure on the simulator instead.")]
+ConfirmOpt = Annotated[
+    int,
+    typer.Option(
+        "--confirm",
+        min=0,
+        help="re-run a rate up to N more times and take the majority (noisy machines)",
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -256,13 +264,16 @@ def capacity_cmd(
     scale: ScaleOpt = "small",
     seed: SeedOpt = 0,
     sim: SimOpt = False,
+    confirm: ConfirmOpt = 0,
     json_path: JsonOpt = None,
 ) -> None:
     """Latency-bounded throughput: the highest rate whose tail meets the SLA."""
     from recsched.bench.setup import Setup
 
     s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile, sim)
-    r = s.capacity(preset, duration, lanes=lanes, threads_per_lane=threads_per_lane, log=_log)
+    r = s.capacity(
+        preset, duration, lanes=lanes, threads_per_lane=threads_per_lane, log=_log, confirm=confirm
+    )
     _emit(r, capacity_table(r), json_path)
 
 
@@ -281,6 +292,7 @@ def compare_cmd(
     scale: ScaleOpt = "small",
     seed: SeedOpt = 0,
     sim: SimOpt = False,
+    confirm: ConfirmOpt = 0,
     json_path: JsonOpt = None,
 ) -> None:
     """Capacity of each preset on the same workload seed, side by side."""
@@ -291,7 +303,7 @@ def compare_cmd(
     caps = {}
     for name in names:
         console.rule(f"[bold]{name}")
-        caps[name] = s.capacity(name, duration, log=_log)
+        caps[name] = s.capacity(name, duration, log=_log, confirm=confirm)
     base = caps[names[0]]["latency_bounded_qps"] or float("nan")
     r = {
         "model": model,

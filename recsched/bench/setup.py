@@ -167,9 +167,16 @@ class Setup:
         return 0.5 * cfg.lanes * 1e3 / (ms + 0.3)
 
     def capacity(
-        self, name: str, duration_s: float = 3.0, log: Log | None = None, **overrides: Any
+        self,
+        name: str,
+        duration_s: float = 3.0,
+        log: Log | None = None,
+        *,
+        confirm: int = 0,
+        **overrides: Any,
     ) -> dict:
-        """Latency-bounded throughput of a preset (bracket and bisect on the offered rate)."""
+        """Latency-bounded throughput of a preset (bracket and bisect on the offered rate;
+        `confirm` as in `find_capacity`)."""
         assert self.sla_ms is not None, "capacity needs an SLA"
         cfg = self.config(name, log, **overrides)
         run = self.run_fn(cfg, name, duration_s)
@@ -183,7 +190,11 @@ class Setup:
                     f"{_pct(r, self.percentile):8.2f} ms  p99={lat['p99']:8.2f} ms  {mark}"
                 )
 
-        search = find_capacity(run, start_qps=self.start_qps(cfg), on_run=on_run)
+        # confirming runs come out of the same budget: give them room (12 runs without)
+        search = find_capacity(
+            run, start_qps=self.start_qps(cfg), on_run=on_run, confirm=confirm,
+            max_runs=12 + 4 * confirm,
+        )  # fmt: skip
         peak = calibrate.peak(self.adapter)["peak_items_per_s"] if not self.sim else None
         return capacity_result(
             search, model=self.adapter.name, preset=name, sla_ms=self.sla_ms,

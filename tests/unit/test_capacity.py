@@ -1,5 +1,8 @@
 """Capacity search against a synthetic response: a known capacity it must bracket."""
 
+import math
+import random
+
 import pytest
 
 from recsched.bench.capacity import capacity_result, find_capacity
@@ -36,3 +39,152 @@ def test_capacity_result_efficiency():
     r = capacity_result(s, model="m", preset="p", sla_ms=10, percentile=95, peak_items_per_s=1000)
     assert r["latency_bounded_qps"] == s.qps
     assert r["efficiency"] == pytest.approx(s.qps * 10 / 1000)
+
+
+# -- confirm: majority verdicts on a noisy machine ------------------------------------------
+
+
+def _old_find_capacity(run, *, start_qps, rel_tol=0.05, max_runs=12, min_qps=0.1,
+                       max_qps=1e7, step=2.0):  # fmt: skip
+    """The search before `confirm` existed, verbatim but for `on_run`: the reference."""
+    qps, best, runs = 0.0, None, []
+
+    def measure(q):
+        nonlocal qps, best
+        r = run(q)
+        runs.append(r)
+        if r["sla_met"] and q > qps:
+            qps, best = q, r
+        return r["sla_met"]
+
+    lo, hi = 0.0, math.inf
+    q = min(max(start_qps, min_qps), max_qps)
+    while len(runs) < max_runs:
+        if measure(q):
+            lo = q
+            if q >= max_qps:
+                return qps, best
+            q = min(q * step, max_qps)
+        else:
+            hi = q
+            if q <= min_qps:
+                return qps, best
+            q = max(q / step, min_qps)
+        if lo > 0 and hi < math.inf:
+            break
+    while len(runs) < max_runs and hi / lo > 1 + rel_tol:
+        q = math.sqrt(lo * hi)
+        if measure(q):
+            lo = q
+        else:
+            hi = q
+    return qps, best
+
+
+def scripted(capacity: float, flip: set[int] = frozenset(), p_fail: float = 0.0, seed: int = 0):
+    """Passes at or below `capacity`; the calls numbered in `flip` have their verdict
+    inverted, and a passing run fails with probability `p_fail` (seeded, rate-blind)."""
+    rng = random.Random(seed)
+    calls: list[float] = []
+
+    def run(q: float) -> dict:
+        ok = q <= capacity and rng.random() >= p_fail
+        ok = ok != (len(calls) in flip)
+        calls.append(q)
+        return {"offered_qps": q, "sla_met": ok, "n": len(calls) - 1}
+
+    return run, calls
+
+
+@pytest.mark.parametrize(
+    "cap,start,kw",
+    [
+        (100.0, 10.0, {}),
+        (100.0, 1000.0, {"rel_tol": 0.01, "max_runs": 30}),
+        (7.3, 7.3, {"step": 3.0}),
+        (1e4, 1.0, {"max_runs": 6}),
+        (0.0, 10.0, {"min_qps": 1.0}),
+        (1e9, 10.0, {"max_qps": 500.0}),
+        (33.0, 40.0, {"rel_tol": 0.2, "max_runs": 3}),
+    ],
+)
+def test_confirm_zero_reproduces_the_old_sequence(cap, start, kw):
+    run, calls = scripted(cap)
+    s = find_capacity(run, start_qps=start, **kw)
+    old_run, old_calls = scripted(cap)
+    qps, best = _old_find_capacity(old_run, start_qps=start, **kw)
+    assert calls == old_calls and s.qps == qps and s.best == best
+    assert s.verdicts == {q: [q <= cap] for q in calls}
+
+
+def test_confirm_lands_within_tolerance_despite_seeded_failures():
+    """A run fails with probability 0.05 whatever its rate: best-of-3 verdicts find the
+    capacity in nearly every seed, single runs in markedly fewer."""
+
+    def hits(confirm: int) -> int:
+        n = 0
+        for seed in range(20):
+            run, _ = scripted(100.0, p_fail=0.05, seed=seed)
+            s = find_capacity(run, start_qps=10.0, rel_tol=0.05, max_runs=40, confirm=confirm)
+            n += 100.0 / 1.05 <= s.qps <= 100.0
+        return n
+
+    robust, plain = hits(2), hits(0)
+    assert robust >= 18
+    assert robust >= plain + 3
+
+
+@pytest.mark.parametrize("confirm", [1, 2, 3, 5])
+def test_confirm_respects_the_budget(confirm):
+    for max_runs in range(1, 16):
+        for seed in range(5):
+            run, calls = scripted(100.0, p_fail=0.3, seed=seed)
+            s = find_capacity(run, start_qps=10.0, max_runs=max_runs, confirm=confirm)
+            assert len(s.runs) == len(calls) <= max_runs
+            assert sum(map(len, s.verdicts.values())) == len(s.runs)
+
+
+def test_a_lone_failure_at_the_start_rate_is_outvoted():
+    run, calls = scripted(100.0, flip={0})
+    s = find_capacity(run, start_qps=50.0, max_runs=40, confirm=2)
+    assert calls[:4] == [50.0, 50.0, 50.0, 100.0]
+    assert s.verdicts[50.0] == [False, True, True]
+    assert 100.0 / 1.05 <= s.qps <= 100.0
+    run, calls = scripted(100.0, flip={0})
+    find_capacity(run, start_qps=50.0, max_runs=40)  # without confirm: down by `step`
+    assert calls[1] == 25.0
+
+
+def test_confirm_on_a_deterministic_surface_visits_the_same_rates():
+    run, calls = scripted(100.0)
+    plain = find_capacity(run, start_qps=10.0, max_runs=40)
+    run, calls = scripted(100.0)
+    s = find_capacity(run, start_qps=10.0, max_runs=60, confirm=2)
+    assert list(s.verdicts) == list(plain.verdicts) and s.qps == plain.qps
+    assert all(len(v) in (1, 2) for v in s.verdicts.values())  # unanimous: decided after 2
+
+
+def test_ties_fail():
+    # 100 passes, 200 fails, bisection at 141.4 passes then (flipped) fails: 1-1 fails
+    run, calls = scripted(150.0, flip={3})
+    s = find_capacity(run, start_qps=100.0, max_runs=40, confirm=1)
+    q = math.sqrt(100.0 * 200.0)
+    assert calls[:4] == [100.0, 200.0, q, q] and s.verdicts[q] == [True, False]
+    assert 100.0 <= s.qps < q
+    # 200 fails twice; the budget runs out mid-confirmation on a 1-1 tie: fail, capacity 100
+    run, calls = scripted(150.0, flip={4})
+    s = find_capacity(run, start_qps=100.0, max_runs=5, confirm=2)
+    assert calls == [100.0, 200.0, 200.0, q, q] and s.verdicts[q] == [True, False]
+    assert s.qps == 100.0 and s.best["offered_qps"] == 100.0
+
+
+def test_best_is_a_passing_run_at_the_final_rate():
+    for seed in range(10):
+        run, _ = scripted(100.0, p_fail=0.2, seed=seed)
+        s = find_capacity(run, start_qps=10.0, max_runs=40, confirm=2)
+        if s.best is None:
+            assert s.qps == 0.0
+            continue
+        assert s.best["sla_met"] and s.best["offered_qps"] == s.qps
+        assert s.best is next(r for r in s.runs if r["offered_qps"] == s.qps and r["sla_met"])
+        assert 2 * sum(s.verdicts[s.qps]) > len(s.verdicts[s.qps])
