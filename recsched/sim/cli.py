@@ -246,6 +246,16 @@ def fidelity_cmd(
     task_overhead_us: OverheadOpt = None,
     scale: ScaleOpt = "small",
     seed: SeedOpt = 0,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            "--repeats",
+            min=1,
+            help="Real runs per load (same seed; interleaved over the loads). With 2 or "
+            "more, the simulator is compared with their median, and their own spread is "
+            "reported as the noise floor.",
+        ),
+    ] = 1,
     json_path: JsonOpt = None,
 ) -> None:
     """Simulated vs real p50/p95/p99 at three loads, same seed and configuration."""
@@ -258,18 +268,29 @@ def fidelity_cmd(
 
     def on_load(row: dict) -> None:
         e = row["error"]
+        real = "median real" if "real_runs" in row else "real"
+        noise = ""
+        if "real_spread" in row:
+            noise = f", real runs' spread {_spread(row['real_spread']['p95'])}"
         console.print(
-            f"  {row['qps']:8.1f} qps: p95 real {_num(row['real']['p95'])} ms, "
-            f"sim {_num(row['sim']['p95'])} ms ({_pct(e['p95'])})"
+            f"  {row['qps']:8.1f} qps: p95 {real} {_num(row['real']['p95'])} ms, "
+            f"sim {_num(row['sim']['p95'])} ms ({_pct(e['p95'])}){noise}"
         )
+
+    def on_real(q: float, rep: int, res: dict) -> None:
+        if repeats > 1:
+            p95 = _num(res["latency_ms"].get("p95"))
+            console.print(f"[dim]  {q:8.1f} qps: real run {rep + 1}/{repeats}, p95 {p95} ms[/dim]")
 
     r = fidelity(
         model, profile, loads, cfg, duration_s=duration, seed=seed, scale=scale, sla_ms=sla_ms,
         arrivals=arrivals, sizes=sizes, classes=classes, task_overhead_s=overhead,
-        interference=interference, on_load=on_load,
+        interference=interference, on_load=on_load, repeats=repeats, on_real=on_real,
     )  # fmt: skip
     r["preset"] = name
     console.print(fidelity_table(r))
+    if "median_real_spread" in r:
+        console.print(noise_floor_note(r))
     if json_path is not None:
         write_json(r, json_path)
         console.print(f"[dim]wrote {json_path}[/dim]")
@@ -279,16 +300,28 @@ def _pct(x: float | None) -> str:
     return "-" if x is None or math.isnan(x) else f"{100 * x:+.1f}%"
 
 
+def _spread(x: float | None) -> str:
+    return "-" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
+
+
 def fidelity_table(r: dict) -> Table:
-    t = Table(title=f"fidelity {r['model']} / {r['preset']}: simulated vs real (ms)")
+    """Per load: real, sim and error at p50/p95/p99 (real = the median of the real runs with
+    `repeats`, plus a column of the real runs' own spread at p95)."""
+    repeated = "median_real_spread" in r
+    real = f"median of {r.get('repeats', '?')} real runs" if repeated else "real"
+    t = Table(title=f"fidelity {r['model']} / {r['preset']}: simulated vs {real} (ms)")
     t.add_column("qps", justify="right")
     for p in ("p50", "p95", "p99"):
         for who in ("real", "sim", "err"):
             t.add_column(f"{p} {who}", justify="right")
+    if repeated:
+        t.add_column("p95 real spread", justify="right")
     for row in r["loads"]:
         cells = []
         for p in ("p50", "p95", "p99"):
             cells += [_num(row["real"][p]), _num(row["sim"][p]), _pct(row["error"][p])]
+        if repeated:
+            cells.append(_spread(row.get("real_spread", {}).get("p95")))
         t.add_row(f"{row['qps']:,.1f}", *cells)
     w = r["max_abs_error"]
     verdict = "[green]within[/green]" if r["p95_within_goal"] else "[red]outside[/red]"
@@ -297,3 +330,15 @@ def fidelity_table(r: dict) -> Table:
         f"p95 {verdict} the {100 * r['goal_p95']:.0f}% goal"
     )
     return t
+
+
+def noise_floor_note(r: dict) -> str:
+    """The plain statement: how much the real runs differ among themselves (median over the
+    loads of (max - min) / median) against the simulator's largest |error|, at p95."""
+    s, w = r["median_real_spread"], r["max_abs_error"]
+    return (
+        f"noise floor: {r.get('repeats', '?')} real runs per load differ by {_spread(s['p95'])} "
+        f"at p95 among themselves ((max - min) / median, median over the loads; p50 "
+        f"{_spread(s['p50'])}, p99 {_spread(s['p99'])}); the simulator's error against "
+        f"their median is {_spread(w['p95'])} at p95 (largest |error| over the loads)"
+    )

@@ -9,11 +9,19 @@ the engine's wake-up cost: `recsched.sim.run.serving_correction`), and the slowd
 forwards co-running (`model_interference`). The error at a percentile is
 `(sim - real) / real`. The goal (issue 6) is |error| <= 15% at p95; on a machine shared
 with other work the real runs alone vary by more than that from run to run.
+
+With `repeats=N` (N >= 2) each load's real run is repeated N times (same seed and config:
+the spread comes from the machine), the simulator is compared with the median of the real
+runs, and the real runs' own spread, `(max - min) / median` at each percentile, is the
+noise floor the error has to be read against. The repeats are interleaved over the loads
+(all loads once, then all loads again, ...), so a slow spell of the machine does not land
+on one load only.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -59,14 +67,100 @@ def compare(real: dict, sim: dict) -> dict[str, Any]:
     }
 
 
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None and not math.isnan(v)]
+
+
+def _median(values: Sequence[float | None]) -> float:
+    """Median of the finite values (mean of the middle two for an even count); NaN if none."""
+    xs = _finite(values)
+    return float(statistics.median(xs)) if xs else math.nan
+
+
+def spread(values: Sequence[float | None]) -> float:
+    """`(max - min) / median` of the finite values; NaN with fewer than two, or median <= 0."""
+    xs = _finite(values)
+    med = _median(xs)
+    if len(xs) < 2 or not (med > 0):
+        return math.nan
+    return (max(xs) - min(xs)) / med
+
+
+def median_real(runs: Sequence[dict]) -> dict[str, Any]:
+    """One bench-like result standing for repeated real runs of one load: the median of each
+    latency percentile, of the completed rate and of each lane's utilization."""
+    utils = [r.get("lane_utilization") for r in runs]
+    lane_util = None
+    if all(u for u in utils) and len({len(u) for u in utils}) == 1:
+        lane_util = [_median(v) for v in zip(*utils, strict=True)]
+    return {
+        "offered_qps": runs[0]["offered_qps"],
+        "latency_ms": {k: _median([r["latency_ms"].get(k) for r in runs]) for k in PERCENTILES},
+        "completed_qps": _median([r.get("completed_qps") for r in runs]),
+        "lane_utilization": lane_util,
+    }
+
+
+def compare_repeats(reals: Sequence[dict], sim: dict) -> dict[str, Any]:
+    """One load's row from repeated real runs: `compare` against their median, plus each real
+    run's percentiles (`real_runs`) and their spread at each percentile (`real_spread`)."""
+    row = compare(median_real(reals), sim)
+    runs = [{k: r["latency_ms"].get(k) for k in PERCENTILES} for r in reals]
+    row["real_runs"] = runs
+    row["real_spread"] = {k: spread([r[k] for r in runs]) for k in PERCENTILES}
+    return row
+
+
+def run_loads(
+    qps_list: Sequence[float],
+    real: Callable[[float], dict],
+    sim: Callable[[float], dict],
+    repeats: int = 1,
+    on_load: Callable[[dict[str, Any]], None] | None = None,
+    on_real: Callable[[float, int, dict], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per load. Real runs go round the loads `repeats` times (repeat outermost);
+    each load's simulator run follows its last real run, once (it is deterministic).
+
+    `repeats=1` gives `compare` rows (real then sim, load by load); more gives
+    `compare_repeats` rows. `on_real(qps, repeat, result)` follows each real run,
+    `on_load(row)` each finished row.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    reals: list[list[dict]] = [[] for _ in qps_list]
+    rows = []
+    for rep in range(repeats):
+        for i, q in enumerate(qps_list):
+            r = real(float(q))
+            reals[i].append(r)
+            if on_real is not None:
+                on_real(float(q), rep, r)
+            if rep < repeats - 1:
+                continue
+            s = sim(float(q))
+            row = compare(r, s) if repeats == 1 else compare_repeats(reals[i], s)
+            rows.append(row)
+            if on_load is not None:
+                on_load(row)
+    return rows
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Largest |error| per percentile over the loads, and whether p95 meets the goal."""
+    """Largest |error| per percentile over the loads, and whether p95 meets the goal; with
+    repeated real runs, also the median over the loads of the real runs' spread."""
     worst = {}
     for k in PERCENTILES:
         errs = [abs(r["error"][k]) for r in rows if not math.isnan(r["error"][k])]
         worst[k] = max(errs) if errs else math.nan
     ok = not math.isnan(worst["p95"]) and worst["p95"] <= GOAL_P95
-    return {"max_abs_error": worst, "goal_p95": GOAL_P95, "p95_within_goal": ok}
+    out: dict[str, Any] = {"max_abs_error": worst, "goal_p95": GOAL_P95, "p95_within_goal": ok}
+    if any("real_spread" in r for r in rows):
+        out["median_real_spread"] = {
+            k: _median([r["real_spread"][k] for r in rows if "real_spread" in r])
+            for k in PERCENTILES
+        }
+    return out
 
 
 def estimated_capacity_qps(cost: Any, config: EngineConfig, sizes: str, seed: int = 0) -> float:
@@ -170,6 +264,8 @@ def fidelity(
     interference: Any = "model",
     real: Callable[[float], dict] | None = None,
     on_load: Callable[[dict[str, Any]], None] | None = None,
+    repeats: int = 1,
+    on_real: Callable[[float, int, dict], None] | None = None,
 ) -> dict[str, Any]:
     """Run real and simulated loads side by side; per-load errors at p50/p95/p99.
 
@@ -180,7 +276,12 @@ def fidelity(
     `interference="model"` measures the model's own co-run slowdown now (`model_interference`);
     otherwise a table, a JSON path, "default" or "none". `real` replaces the real engine's
     run (`qps -> bench result`), for tests.
+    `repeats=N` (N >= 2) runs each load's real run N times, interleaved over the loads, and
+    compares the simulator with their median; rows gain `real_runs` and `real_spread`, the
+    result `repeats` and `median_real_spread` (`run_loads`, `summarize`).
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     from recsched.bench.setup import Setup  # the real engine and torch: only when asked
 
     cfg, name = resolve_config(config)
@@ -207,12 +308,7 @@ def fidelity(
     if qps_list is None:
         cap = estimated_capacity_qps(cost, cfg, sizes, seed)
         qps_list = [round(f * cap, 1) for f in DEFAULT_LOADS]
-    rows = []
-    for q in qps_list:
-        row = compare(real(float(q)), sim(float(q)))
-        rows.append(row)
-        if on_load is not None:
-            on_load(row)
+    rows = run_loads(qps_list, real, sim, repeats, on_load=on_load, on_real=on_real)
     return {
         "model": model,
         "preset": name,
@@ -226,6 +322,7 @@ def fidelity(
         "serving_correction": (profile or {}).get("serving_correction")
         if isinstance(profile, dict)
         else None,
+        **({"repeats": repeats} if repeats > 1 else {}),
         "loads": rows,
         **summarize(rows),
     }

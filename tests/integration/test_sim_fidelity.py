@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from recsched.cli import app
 from recsched.graph.profile import profile_model, save_profile
 from recsched.models.registry import load_model
-from recsched.sim.fidelity import compare, fidelity, rel_error, summarize
+from recsched.sim import fidelity as fidelity_mod
+from recsched.sim.fidelity import compare, fidelity, rel_error, run_loads, spread, summarize
 
 pytestmark = pytest.mark.slow
 MODEL = "ncf"  # the smallest model: quick to load, profile and serve
@@ -121,3 +122,135 @@ def test_serving_correction_and_engine_idle_cost(profile_path):
     assert extra >= 0.0 and sc["idle_extra_s"] == extra
     idle = IdleModel.from_profile(out)
     assert idle is not None and idle.extra_s == extra and idle.ratio(7) >= 1.0
+
+
+# Repeated real runs (the noise floor). A fake `real` gives a different p95 on each call.
+ROW_KEYS = {
+    "qps", "real", "sim", "error", "real_completed_qps", "sim_completed_qps",
+    "real_lane_utilization", "sim_lane_utilization",
+}  # fmt: skip
+RESULT_KEYS = {
+    "model", "preset", "config", "scale", "seed", "duration_s", "sla_ms", "task_overhead_s",
+    "interference", "serving_correction", "loads", "max_abs_error", "goal_p95",
+    "p95_within_goal",
+}  # fmt: skip
+
+
+def _bench(qps: float, p95: float, p50: float = 1.0, p99: float = 50.0) -> dict:
+    lat = {"p50": p50, "p95": p95, "p99": p99}
+    return {"offered_qps": qps, "latency_ms": lat, "completed_qps": qps, "lane_utilization": [0.5]}
+
+
+class FakeReal:
+    """qps -> bench result; the n-th call at a load returns that load's n-th p95 (cycling),
+    and every call is logged as ("real", qps)."""
+
+    def __init__(self, p95s: dict[float, list[float]], log: list | None = None):
+        self.p95s, self.log, self.n = p95s, log if log is not None else [], {}
+
+    def __call__(self, qps: float) -> dict:
+        i = self.n.get(qps, 0)
+        self.n[qps] = i + 1
+        self.log.append(("real", qps))
+        seq = self.p95s[qps]
+        return _bench(qps, seq[i % len(seq)])
+
+
+def test_repeats_interleave_real_runs_over_the_loads_and_sim_once():
+    log: list = []
+    real = FakeReal({10.0: [1.0], 20.0: [1.0], 30.0: [1.0]}, log)
+
+    def sim(qps: float) -> dict:
+        log.append(("sim", qps))
+        return _bench(qps, 1.0)
+
+    seen: list = []
+    rows = run_loads([10, 20, 30], real, sim, repeats=3, on_load=lambda r: seen.append(r["qps"]))
+    r, s = "real", "sim"
+    assert log == [
+        (r, 10.0), (r, 20.0), (r, 30.0), (r, 10.0), (r, 20.0), (r, 30.0),
+        (r, 10.0), (s, 10.0), (r, 20.0), (s, 20.0), (r, 30.0), (s, 30.0),
+    ]  # fmt: skip
+    assert seen == [10.0, 20.0, 30.0] and [row["qps"] for row in rows] == seen
+    log.clear()
+    run_loads([10, 20], real, sim, repeats=1)  # today's order: real then sim, load by load
+    assert log == [(r, 10.0), (s, 10.0), (r, 20.0), (s, 20.0)]
+    with pytest.raises(ValueError):
+        run_loads([10], real, sim, repeats=0)
+
+
+def test_repeats_compare_sim_with_the_median_real_and_report_the_spread():
+    real = FakeReal({10.0: [30.0, 10.0, 20.0], 20.0: [4.0, 5.0, 6.0], 30.0: [10.0, 10.0, 12.0]})
+    rows = run_loads([10, 20, 30], real, lambda q: _bench(q, 22.0), repeats=3)
+    a, b, c = rows
+    assert [run["p95"] for run in a["real_runs"]] == [30.0, 10.0, 20.0]
+    assert a["real"]["p95"] == 20.0 and a["error"]["p95"] == pytest.approx(0.1)
+    assert a["real_spread"]["p95"] == pytest.approx((30 - 10) / 20)
+    assert a["real_spread"]["p50"] == 0.0  # identical p50s
+    assert b["real"]["p95"] == 5.0 and b["real_spread"]["p95"] == pytest.approx(2 / 5)
+    assert c["real"]["p95"] == 10.0 and c["real_spread"]["p95"] == pytest.approx(0.2)
+    assert a["real_completed_qps"] == 10.0 and a["real_lane_utilization"] == [0.5]
+    s = summarize(rows)
+    assert s["median_real_spread"]["p95"] == pytest.approx(0.4)  # of 1.0, 0.4, 0.2
+    assert s["max_abs_error"]["p95"] == pytest.approx(22 / 5 - 1)
+    # an even count: the median is the mean of the middle two
+    two = run_loads([10], FakeReal({10.0: [10.0, 30.0]}), lambda q: _bench(q, 22.0), repeats=2)
+    assert two[0]["real"]["p95"] == 20.0 and two[0]["real_spread"]["p95"] == pytest.approx(1.0)
+    assert math.isnan(spread([5.0])) and math.isnan(spread([0.0, 0.0]))
+    assert spread([None, 2.0, 4.0, math.nan]) == pytest.approx(2 / 3)
+
+
+def test_repeats_one_keeps_rows_and_summary_unchanged():
+    real = FakeReal({10.0: [4.0], 20.0: [8.0]})
+    rows = run_loads([10, 20], real, lambda q: _bench(q, 5.0), repeats=1)
+    assert rows == [
+        compare(_bench(10.0, 4.0), _bench(10.0, 5.0)),
+        compare(_bench(20.0, 8.0), _bench(20.0, 5.0)),
+    ]
+    assert all(set(row) == ROW_KEYS for row in rows)
+    assert set(summarize(rows)) == {"max_abs_error", "goal_p95", "p95_within_goal"}
+
+
+def test_fidelity_repeats_with_an_injected_real(profile_path):
+    prof = json.loads(profile_path.read_text())
+    kw = dict(duration_s=0.5, seed=1, sla_ms=500.0, sizes="lognormal:20:0.8")
+    kw["interference"] = "default"
+    one = fidelity(
+        MODEL, prof, [20.0, 40.0], "baseline", real=FakeReal({20.0: [3.0], 40.0: [4.0]}), **kw
+    )
+    assert set(one) == RESULT_KEYS and all(set(row) == ROW_KEYS for row in one["loads"])
+    log: list = []
+    real = FakeReal({20.0: [3.0, 9.0, 6.0], 40.0: [4.0, 2.0, 3.0]}, log)
+    r = fidelity(MODEL, prof, [20.0, 40.0], "baseline", real=real, repeats=3, **kw)
+    assert [q for _, q in log] == [20.0, 40.0] * 3
+    assert set(r) == RESULT_KEYS | {"repeats", "median_real_spread"} and r["repeats"] == 3
+    a, b = r["loads"]
+    assert a["real"]["p95"] == 6.0 and b["real"]["p95"] == 3.0
+    assert a["real_spread"]["p95"] == pytest.approx(1.0)
+    assert b["real_spread"]["p95"] == pytest.approx(2 / 3)
+    assert r["median_real_spread"]["p95"] == pytest.approx((1.0 + 2 / 3) / 2)
+    assert a["error"]["p95"] == pytest.approx((a["sim"]["p95"] - 6.0) / 6.0)
+    assert a["sim"] == one["loads"][0]["sim"]  # the simulator runs once, as before
+    with pytest.raises(ValueError):
+        fidelity(MODEL, prof, [20.0], "baseline", real=real, repeats=0, **kw)
+
+
+def test_fidelity_command_repeats_prints_the_noise_floor(tmp_path, profile_path, monkeypatch):
+    """`--repeats` through the CLI, with a fake real engine (no real runs)."""
+    real = FakeReal({30.0: [10.0, 14.0, 12.0]})
+    orig = fidelity_mod.fidelity
+    monkeypatch.setattr(fidelity_mod, "fidelity", lambda *a, **k: orig(*a, real=real, **k))
+    fid = tmp_path / "fid.json"
+    res = CliRunner().invoke(
+        app,
+        [
+            "fidelity", MODEL, "--qps", "30", "--duration", "0.3", "--profile",
+            str(profile_path), "--sizes", "fixed:8", "--sla-ms", "500", "--interference",
+            "default", "--repeats", "3", "--json", str(fid),
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    f = json.loads(fid.read_text())
+    assert f["repeats"] == 3 and f["loads"][0]["real"]["p95"] == 12.0
+    assert f["median_real_spread"]["p95"] == pytest.approx(4 / 12)
+    assert "differ by 33.3% at p95 among themselves" in " ".join(res.output.split())
