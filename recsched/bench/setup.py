@@ -17,6 +17,7 @@ from recsched.bench import calibrate
 from recsched.bench.capacity import capacity_result, find_capacity
 from recsched.bench.run import InputPool, LoadSpec, bench_once
 from recsched.config import EngineConfig, preset
+from recsched.metrics.trace import TraceRecorder
 from recsched.models.base import ModelAdapter
 from recsched.types import PriorityClass
 from recsched.workload.classes import parse_classes
@@ -141,8 +142,12 @@ class Setup:
     def load(self, qps: float, duration_s: float) -> LoadSpec:
         return LoadSpec(qps, duration_s, self.arrivals, self.sizes, self.classes, self.seed)
 
-    def run_fn(self, cfg: EngineConfig, name: str, duration_s: float) -> Callable[[float], dict]:
-        """qps -> bench result, on the real engine (or the simulator with `sim`)."""
+    def run_fn(
+        self, cfg: EngineConfig, name: str, duration_s: float, trace: bool = False
+    ) -> Callable[[float], dict]:
+        """qps -> bench result, on the real engine (or the simulator with `sim`). With
+        `trace` (real engine), the result also holds "lane_tasks": [items, seconds] of every
+        lane task of the measured run (the simulator's in-run calibration reads them)."""
         if self.sim:
             from recsched.sim.run import sim_run_fn
 
@@ -152,10 +157,18 @@ class Setup:
 
         def run(qps: float) -> dict:
             d = min(4 * duration_s, max(duration_s, 300.0 / qps))  # enough queries for a p95
-            return bench_once(
+            rec = TraceRecorder() if trace else None
+            r = bench_once(
                 self.adapter, cfg, self.load(qps, d), preset=name, sla_ms=self.sla_ms,
-                percentile=self.percentile, pool=pool, **extras,
+                percentile=self.percentile, pool=pool, trace=rec, **extras,
             )  # fmt: skip
+            if rec is not None:
+                r["lane_tasks"] = [
+                    [e["args"].get("items", 0), e["dur"] * 1e-6]
+                    for e in rec.events()
+                    if e.get("ph") == "X" and not e["args"].get("error")
+                ]
+            return r
 
         return run
 

@@ -16,6 +16,14 @@ runs, and the real runs' own spread, `(max - min) / median` at each percentile, 
 noise floor the error has to be read against. The repeats are interleaved over the loads
 (all loads once, then all loads again, ...), so a slow spell of the machine does not land
 on one load only.
+
+With `in_run=True` the simulator is also run a second time per load, calibrated *by the
+real run itself*: the real engine's lane tasks are recorded, and the profile is rescaled by
+one factor, (sum of the tasks' measured times) / (sum of their predicted times), with the
+idle model and the interference table off (the measured times already hold both). The
+machine's speed drifts by tens of percent within minutes here, which a profile measured
+before the runs cannot know; the in-run error ("error_in_run") separates that drift from
+the simulator's own queueing model (trace-driven validation).
 """
 
 from __future__ import annotations
@@ -246,6 +254,28 @@ def model_interference(adapter: Any, sizes: str, threads: int = 1, seed: int = 0
     return calibrate_model(adapter, batches, DEFAULT, threads=threads)
 
 
+def in_run_scale(tasks: Sequence[tuple[int, float]], whole_s: Callable[[int], float]) -> float:
+    """(sum of measured task seconds) / (sum of predicted whole-model seconds) over a real
+    run's lane tasks `(items, seconds)`; NaN without tasks."""
+    pred = sum(whole_s(int(n)) for n, _ in tasks)
+    if not tasks or not (pred > 0):
+        return math.nan
+    return sum(d for _, d in tasks) / pred
+
+
+def scaled_profile(profile: dict[str, Any], factor: float) -> dict[str, Any]:
+    """A copy of `profile` with every time multiplied by `factor` and no serving correction
+    (so no idle model): the in-run calibration's profile."""
+    import json
+
+    out = json.loads(json.dumps(profile))  # a deep copy
+    out["whole_ms"] = [v * factor for v in out["whole_ms"]]
+    for g in out.get("granularities", {}).values():
+        g["ops"] = {k: [v * factor for v in ms] for k, ms in g["ops"].items()}
+    out.pop("serving_correction", None)
+    return out
+
+
 def fidelity(
     model: str,
     profile: Any = None,
@@ -266,6 +296,7 @@ def fidelity(
     on_load: Callable[[dict[str, Any]], None] | None = None,
     repeats: int = 1,
     on_real: Callable[[float, int, dict], None] | None = None,
+    in_run: bool = False,
 ) -> dict[str, Any]:
     """Run real and simulated loads side by side; per-load errors at p50/p95/p99.
 
@@ -279,12 +310,22 @@ def fidelity(
     `repeats=N` (N >= 2) runs each load's real run N times, interleaved over the loads, and
     compares the simulator with their median; rows gain `real_runs` and `real_spread`, the
     result `repeats` and `median_real_spread` (`run_loads`, `summarize`).
+    `in_run=True` adds, per load, the simulator calibrated by the real runs' own task times
+    (module docstring): rows gain "sim_in_run", "error_in_run" and "in_run_scale", the
+    result "in_run" (the `summarize` of those errors). It needs the sequential operator
+    policy (whole-model tasks); with an injected `real`, its results carry the tasks under
+    "lane_tasks" (a list of [items, seconds]).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     from recsched.bench.setup import Setup  # the real engine and torch: only when asked
 
     cfg, name = resolve_config(config)
+    if in_run and cfg.operator != "sequential":
+        raise ValueError(
+            "in-run calibration times whole-model lane tasks: use the sequential operator "
+            f"policy (a preset such as baseline or dynamic), not {cfg.operator!r}"
+        )
     setup = Setup.make(
         model, scale, seed, classes, sizes, arrivals, sla_ms, None, percentile, need_sla=False
     )
@@ -304,11 +345,38 @@ def fidelity(
     )  # fmt: skip
     sim = sim_run_fn(setup, cfg, name, duration_s, types=types)
     if real is None:
-        real = setup.run_fn(cfg, name, duration_s)
+        real = setup.run_fn(cfg, name, duration_s, trace=in_run)
     if qps_list is None:
         cap = estimated_capacity_qps(cost, cfg, sizes, seed)
         qps_list = [round(f * cap, 1) for f in DEFAULT_LOADS]
-    rows = run_loads(qps_list, real, sim, repeats, on_load=on_load, on_real=on_real)
+    scales: dict[float, list[float]] = {}
+
+    def real_and_scale(q: float) -> dict:
+        r = real(q)
+        tasks = r.pop("lane_tasks", None)
+        if in_run:
+            if not tasks:
+                raise ValueError("in-run calibration needs the real run's lane tasks")
+            scales.setdefault(q, []).append(in_run_scale(tasks, cost.whole_s))
+        return r
+
+    rows = run_loads(qps_list, real_and_scale, sim, repeats, on_load=on_load, on_real=on_real)
+    extra: dict[str, Any] = {}
+    if in_run:
+        if not isinstance(profile, dict):
+            raise ValueError("in-run calibration rescales a profile dict, not a cost object")
+        for row in rows:
+            f = _median(scales[float(row["qps"])])
+            p = scaled_profile(profile, f)
+            t = server_types(
+                cfg, make_cost(p, cfg.granularity, graph_info), 1, graph_info=graph_info,
+                interference="none", task_overhead_s=task_overhead_s, policy_cost=policy_cost,
+            )  # fmt: skip
+            s = sim_run_fn(setup, cfg, name, duration_s, types=t)(float(row["qps"]))
+            c = compare(_as_real(row), s)
+            row["in_run_scale"] = f
+            row["sim_in_run"], row["error_in_run"] = c["sim"], c["error"]
+        extra["in_run"] = summarize([{"error": r["error_in_run"]} for r in rows])
     return {
         "model": model,
         "preset": name,
@@ -325,4 +393,10 @@ def fidelity(
         **({"repeats": repeats} if repeats > 1 else {}),
         "loads": rows,
         **summarize(rows),
+        **extra,
     }
+
+
+def _as_real(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's real percentiles in the shape `compare` reads."""
+    return {"offered_qps": row["qps"], "latency_ms": dict(row["real"])}

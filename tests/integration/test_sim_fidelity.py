@@ -15,7 +15,16 @@ from recsched.cli import app
 from recsched.graph.profile import profile_model, save_profile
 from recsched.models.registry import load_model
 from recsched.sim import fidelity as fidelity_mod
-from recsched.sim.fidelity import compare, fidelity, rel_error, run_loads, spread, summarize
+from recsched.sim.fidelity import (
+    compare,
+    fidelity,
+    in_run_scale,
+    rel_error,
+    run_loads,
+    scaled_profile,
+    spread,
+    summarize,
+)
 
 pytestmark = pytest.mark.slow
 MODEL = "ncf"  # the smallest model: quick to load, profile and serve
@@ -39,10 +48,11 @@ def profile_path(tmp_path_factory):
 def test_fidelity_errors_are_computed_at_three_loads(profile_path):
     r = fidelity(
         MODEL, json.loads(profile_path.read_text()), [20.0, 40.0, 60.0], "baseline",
-        duration_s=0.5, seed=1, sla_ms=500.0, sizes="lognormal:20:0.8",
+        duration_s=0.5, seed=1, sla_ms=500.0, sizes="lognormal:20:0.8", in_run=True,
     )  # fmt: skip
     assert [row["qps"] for row in r["loads"]] == [20.0, 40.0, 60.0]
-    for row in r["loads"]:
+    for row in r["loads"]:  # the real runs' lane tasks calibrated a second simulation
+        assert row["in_run_scale"] > 0 and math.isfinite(row["error_in_run"]["p95"])
         for p in ("p50", "p95", "p99"):
             assert row["real"][p] > 0 and row["sim"][p] > 0
             assert math.isfinite(row["error"][p])
@@ -254,3 +264,48 @@ def test_fidelity_command_repeats_prints_the_noise_floor(tmp_path, profile_path,
     assert f["repeats"] == 3 and f["loads"][0]["real"]["p95"] == 12.0
     assert f["median_real_spread"]["p95"] == pytest.approx(4 / 12)
     assert "differ by 33.3% at p95 among themselves" in " ".join(res.output.split())
+
+
+def test_in_run_scale_and_scaled_profile():
+    tasks = [(10, 0.002), (20, 0.004)]
+    assert in_run_scale(tasks, lambda n: n * 1e-4) == pytest.approx(0.006 / 0.003)
+    assert math.isnan(in_run_scale([], lambda n: 1.0))
+    prof = {
+        "whole_ms": [1.0, 2.0],
+        "granularities": {"coarse": {"ops": {"a": [0.5, 1.0]}}},
+        "serving_correction": {"cold_factor": 1.2},
+    }
+    out = scaled_profile(prof, 2.0)
+    assert out["whole_ms"] == [2.0, 4.0] and out["granularities"]["coarse"]["ops"]["a"] == [1, 2]
+    assert "serving_correction" not in out and prof["whole_ms"] == [1.0, 2.0]  # a copy
+
+
+def test_fidelity_in_run_calibrates_the_simulator_by_the_real_tasks(profile_path):
+    """A fake real run whose tasks took 3x the profile's prediction: the in-run simulator runs
+    on a profile scaled by 3, so its latencies are well above the uncalibrated one's."""
+    prof = json.loads(profile_path.read_text())
+    cost = fidelity_mod.make_cost(prof, "coarse")
+    seen = []
+
+    def real(q: float) -> dict:
+        seen.append(q)
+        return {
+            "offered_qps": q,
+            "latency_ms": {"p50": 1.0, "p95": 2.0, "p99": 3.0},
+            "lane_tasks": [[n, 3.0 * cost.whole_s(n)] for n in (1, 16, 100)],
+        }
+
+    r = fidelity(
+        MODEL, prof, [20.0, 40.0], "baseline", duration_s=0.5, seed=1, sla_ms=500.0,
+        sizes="fixed:64", real=real, in_run=True, interference="none",
+    )  # fmt: skip
+    assert seen == [20.0, 40.0]
+    for row in r["loads"]:
+        assert row["in_run_scale"] == pytest.approx(3.0)
+        assert row["sim_in_run"]["p50"] > 2.0 * row["sim"]["p50"]
+        want = (row["sim_in_run"]["p95"] - 2.0) / 2.0
+        assert row["error_in_run"]["p95"] == pytest.approx(want)
+        assert "lane_tasks" not in row
+    assert set(r["in_run"]) >= {"max_abs_error", "p95_within_goal"}
+    with pytest.raises(ValueError, match="sequential"):
+        fidelity(MODEL, prof, [20.0], "opstream", real=real, in_run=True)
