@@ -302,13 +302,24 @@ class Engine:
         if self._aborted:
             return []
         out = self.core.step(self.clock.now())
+        qs = self._queries
         for b in out.batches:
-            qs = self._queries
-            srcs = [slice_rows(qs[p.qid].inputs, p.start, p.stop) for p in b.parts]
+            srcs = []
+            for p in b.parts:
+                q = qs[p.qid]
+                whole = p.start == 0 and p.stop == q.query.n_items
+                srcs.append(q.inputs if whole else slice_rows(q.inputs, p.start, p.stop))
             self._batches[b.bid] = _BatchState(b, srcs)
         if out.wake_at != self._wake_at:
+            # Wake the timer only to move its deadline earlier: woken late (the deadline moved
+            # later or went away) it just finds nothing due and sleeps again. A thread
+            # wake-up costs tens of microseconds on a VM; most steps move it later.
+            earlier = out.wake_at is not None and (
+                self._wake_at is None or out.wake_at < self._wake_at
+            )
             self._wake_at = out.wake_at
-            self._cv.notify_all()
+            if earlier:
+                self._cv.notify_all()
         return [(t, self._batches[t.bid]) for t in out.tasks]
 
     def _issue(self, issue: list[tuple[Task, _BatchState]]) -> None:

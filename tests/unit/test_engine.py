@@ -136,3 +136,19 @@ def test_abort_fails_pending_queries():
     ad.module.gate.set()
     eng.close()
     assert all(isinstance(f.exception(timeout=1), Exception) for f in futs)
+
+
+def test_merge_deadline_fires_after_the_timer_missed_a_later_deadline():
+    """The timer is woken only when its deadline moves earlier. Here the first merge window
+    closes by a full batch (the deadline goes away without waking the timer), then a new
+    small query opens a window: its batch must still be cut at its own deadline."""
+    ad = tiny_adapter()
+    cfg = EngineConfig(request="dynamic", batch_size=10, merge_delay_ms=50.0, lanes=1)
+    with Engine(ad, cfg) as eng:
+        a = eng.submit(Query(0, "tiny", 2), ad.make_inputs(2, 0))
+        e = eng.submit(Query(1, "tiny", 8), ad.make_inputs(8, 1))  # fills the batch: cut now
+        assert a.result(timeout=5).shape == (2, 1) and e.result(timeout=5).shape == (8, 1)
+        t0 = eng.clock.now()
+        d = eng.submit(Query(2, "tiny", 1), ad.make_inputs(1, 2))  # a new window: 50 ms
+        assert d.result(timeout=5).shape == (1, 1)
+        assert eng.clock.now() - t0 >= 0.045  # cut by its merge deadline, not earlier
