@@ -1,6 +1,7 @@
 """The engine end to end on a tiny model: scores in item order, rejection, failures, drain."""
 
 import threading
+import time
 from concurrent.futures import wait
 
 import pytest
@@ -139,16 +140,24 @@ def test_abort_fails_pending_queries():
 
 
 def test_merge_deadline_fires_after_the_timer_missed_a_later_deadline():
-    """The timer is woken only when its deadline moves earlier. Here the first merge window
-    closes by a full batch (the deadline goes away without waking the timer), then a new
-    small query opens a window: its batch must still be cut at its own deadline."""
+    """The timer is woken only when its deadline moves earlier. With the lane held busy, a
+    merge window closes by a full batch (the deadline goes away without waking the timer),
+    then a new small query opens a window: the timer must still cut it at its deadline."""
     ad = tiny_adapter()
+    ad.module = Gated(ad.module)
     cfg = EngineConfig(request="dynamic", batch_size=10, merge_delay_ms=50.0, lanes=1)
     with Engine(ad, cfg) as eng:
-        a = eng.submit(Query(0, "tiny", 2), ad.make_inputs(2, 0))
-        e = eng.submit(Query(1, "tiny", 8), ad.make_inputs(8, 1))  # fills the batch: cut now
-        assert a.result(timeout=5).shape == (2, 1) and e.result(timeout=5).shape == (8, 1)
+        held = eng.submit(Query(0, "tiny", 10), ad.make_inputs(10, 0))  # a full batch: runs
+        a = eng.submit(Query(1, "tiny", 2), ad.make_inputs(2, 1))  # waits to merge
+        e = eng.submit(Query(2, "tiny", 8), ad.make_inputs(8, 2))  # fills it: cut, no deadline
         t0 = eng.clock.now()
-        d = eng.submit(Query(2, "tiny", 1), ad.make_inputs(1, 2))  # a new window: 50 ms
-        assert d.result(timeout=5).shape == (1, 1)
-        assert eng.clock.now() - t0 >= 0.045  # cut by its merge deadline, not earlier
+        d = eng.submit(Query(3, "tiny", 1), ad.make_inputs(1, 3))  # a new 50 ms window
+        pol = eng.core.request
+        while pol.pending_items() and eng.clock.now() - t0 < 5.0:
+            time.sleep(0.002)
+        waited = eng.clock.now() - t0
+        assert pol.pending_items() == 0, "the merge deadline never cut the last window"
+        assert waited >= 0.045  # cut by its deadline (the lane was busy), not earlier
+        ad.module.gate.set()
+        for f, n in ((held, 10), (a, 2), (e, 8), (d, 1)):
+            assert f.result(timeout=5).shape == (n, 1)
