@@ -537,6 +537,7 @@ def main() -> None:
     ap.add_argument("--admission", default="predicted", choices=["count", "predicted"])
     ap.add_argument("--reserve", type=float, default=0.25, help="server: admission reserve")
     ap.add_argument("--client", default="raw", choices=["raw", "aiohttp"])
+    ap.add_argument("--order", choices=["fifo", "size", "value"], help="the engine's queue order")
     ap.add_argument("--classes", help="priority classes for --overload-x")
     ap.add_argument("--overload-x", type=float, help="then offer K x the HTTP capacity")
     ap.add_argument("--light-x", type=float, help="and first L x capacity, the same mix")
@@ -559,7 +560,7 @@ def main() -> None:
         return serve_main(a)
 
     setup = Setup.make(a.model, a.scale, a.seed, None, sla_ms=a.sla_ms, sla_x=a.sla_x)
-    cfg = setup.config(a.preset, lanes=a.lanes)
+    cfg = setup.config(a.preset, lanes=a.lanes, **({"order": a.order} if a.order else {}))
     print(f"{a.model} {a.scale}, {a.preset}: {cfg.to_dict()}; SLA p95 <= {setup.sla_ms:.2f} ms")
     out: dict = {"model": a.model, "preset": a.preset, "config": cfg.to_dict(),
                  "sla_ms": setup.sla_ms, "cores": os.cpu_count(), "client": a.client,

@@ -142,6 +142,12 @@ class Setup:
     def load(self, qps: float, duration_s: float) -> LoadSpec:
         return LoadSpec(qps, duration_s, self.arrivals, self.sizes, self.classes, self.seed)
 
+    @staticmethod
+    def run_duration(qps: float, duration_s: float) -> float:
+        """A real run's length at `qps`: `duration_s`, longer at low rates so a p95 has
+        about 300 queries behind it, at most 4x."""
+        return min(4 * duration_s, max(duration_s, 300.0 / qps))
+
     def run_fn(
         self, cfg: EngineConfig, name: str, duration_s: float, trace: bool = False
     ) -> Callable[[float], dict]:
@@ -156,10 +162,10 @@ class Setup:
         pool = self.pool()
 
         def run(qps: float) -> dict:
-            d = min(4 * duration_s, max(duration_s, 300.0 / qps))  # enough queries for a p95
             rec = TraceRecorder() if trace else None
+            load = self.load(qps, self.run_duration(qps, duration_s))
             r = bench_once(
-                self.adapter, cfg, self.load(qps, d), preset=name, sla_ms=self.sla_ms,
+                self.adapter, cfg, load, preset=name, sla_ms=self.sla_ms,
                 percentile=self.percentile, pool=pool, trace=rec, **extras,
             )  # fmt: skip
             if rec is not None:
