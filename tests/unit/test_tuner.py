@@ -464,3 +464,57 @@ def test_confirmation_keeps_a_truly_better_best_and_skips_when_best_is_start() -
     assert res.best_config == best
     same, rows = confirm_against_start(_result(start, 600.0, []), start, measure)
     assert same.best_config == start and rows == []
+
+
+class _FakeSetup:
+    """What `recsched.bench.tune.tune` reads of a `Setup`, over a synthetic capacity surface:
+    a run at `qps` meets the SLA when `qps` is within the configuration's capacity."""
+
+    sla_ms, sizes, arrivals, classes, sim, scale, seed = (
+        20.0,
+        "fixed:8",
+        "poisson",
+        (),
+        False,
+        "small",
+        0,
+    )
+
+    def __init__(self) -> None:
+        self.adapter = type("A", (), {"name": "fake"})()
+        self.runs = 0
+
+    @staticmethod
+    def capacity(cfg: EngineConfig) -> float:
+        cap = {4: 60.0, 8: 90.0, 16: 140.0, 32: 200.0, 64: 260.0, 128: 330.0, 256: 400.0}
+        base = cap.get(cfg.batch_size, 350.0 if cfg.batch_size == 512 else 300.0)
+        return base * (0.6 if cfg.order != "fifo" else 1.0) / (1 + cfg.merge_delay_ms)
+
+    def start_qps(self, cfg: EngineConfig) -> float:
+        return 100.0
+
+    def run_fn(self, cfg: EngineConfig, name: str, duration: float):
+        def run(qps: float) -> dict:
+            self.runs += 1
+            ok = qps <= self.capacity(cfg)
+            return {"sla_met": ok, "latency_ms": {"p95": 10.0 if ok else 40.0}, "queries": 100}
+
+        return run
+
+
+def test_tune_early_stop_spends_fewer_runs_and_finds_the_same_best(monkeypatch, tmp_path) -> None:
+    """A new configuration that misses the SLA at the best rate so far is not searched down to
+    its own capacity: fewer runs, the same tuned best, a result in the same shape."""
+    from recsched.bench.tune import tune
+
+    monkeypatch.setenv("RECSCHED_CACHE", str(tmp_path))
+    out = {}
+    for early in (False, True):
+        fake = _FakeSetup()
+        doc = tune(fake, budget=8, duration=0.1, early_stop=early)  # type: ignore[arg-type]
+        best = {k: doc["best"][k] for k in ("batch_size", "order", "merge_delay_ms", "lanes")}
+        out[early] = (fake.runs, best, doc)
+    (runs_full, best_full, _), (runs_early, best_early, doc) = out[False], out[True]
+    assert best_early == best_full and best_early["batch_size"] == 256  # the true optimum
+    assert runs_early < runs_full
+    assert doc["trajectory"] and all("qps" in row for row in doc["trajectory"])
