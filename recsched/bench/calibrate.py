@@ -92,7 +92,8 @@ def peak(adapter: ModelAdapter, refresh: bool = False) -> dict:
     """`recsched peak`: the offline throughput limit (cached)."""
     from recsched.graph.profile import measure_peak
 
-    return cached(f"peak-{model_key(adapter)}", lambda: measure_peak(adapter), refresh)
+    # "-r3": best of three rounds per point (single-round peaks cached before read low)
+    return cached(f"peak-{model_key(adapter)}-r3", lambda: measure_peak(adapter), refresh)
 
 
 def profile(adapter: ModelAdapter, threads: int = 1, refresh: bool = False, **kw: Any) -> dict:

@@ -158,3 +158,23 @@ def test_measure_peak_shape() -> None:
     assert set(peak["per_config"]) == {"1x2", "2x1"}
     assert peak["best_batch"] in (8, 32) and peak["best_config"] in ("1x2", "2x1")
     assert peak["peak_items_per_s"] == max(peak["per_batch"].values()) > 0
+    assert peak["rounds"] == 3
+
+
+def test_measure_peak_keeps_the_best_round(monkeypatch) -> None:
+    """Rounds go over every point in turn; each point keeps its best measurement."""
+    from recsched.graph import profile as prof
+
+    calls: list[int] = []
+    by_round = {0: 10.0, 1: 30.0, 2: 20.0}  # the second round is the fast one
+
+    def fake(forward, inputs, workers, duration_s):
+        calls.append(len(calls))
+        return by_round[(len(calls) - 1) // 4] * workers  # 2 batch sizes x 2 configs a round
+
+    monkeypatch.setattr(prof, "_throughput", fake)
+    peak = prof.measure_peak(tiny(), batch_sizes=(8, 32), duration_s=0.01, workers=2, rounds=3)
+    assert len(calls) == 12
+    assert peak["per_config"]["2x1"] == {"8": 60.0, "32": 60.0}
+    assert peak["per_config"]["1x2"] == {"8": 30.0, "32": 30.0}
+    assert peak["peak_items_per_s"] == 60.0 and peak["best_config"] == "2x1"
