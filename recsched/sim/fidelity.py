@@ -43,6 +43,7 @@ from recsched.sim.run import (
     idle_model,
     make_cost,
     resolve_config,
+    scaled_profile,
     server_types,
     sim_run_fn,
 )
@@ -261,19 +262,6 @@ def in_run_scale(tasks: Sequence[tuple[int, float]], whole_s: Callable[[int], fl
     if not tasks or not (pred > 0):
         return math.nan
     return sum(d for _, d in tasks) / pred
-
-
-def scaled_profile(profile: dict[str, Any], factor: float) -> dict[str, Any]:
-    """A copy of `profile` with every time multiplied by `factor` and no serving correction
-    (so no idle model): the in-run calibration's profile."""
-    import json
-
-    out = json.loads(json.dumps(profile))  # a deep copy
-    out["whole_ms"] = [v * factor for v in out["whole_ms"]]
-    for g in out.get("granularities", {}).values():
-        g["ops"] = {k: [v * factor for v in ms] for k, ms in g["ops"].items()}
-    out.pop("serving_correction", None)
-    return out
 
 
 def fidelity(

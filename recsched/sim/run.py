@@ -489,6 +489,17 @@ def lane_profile(adapter: Any, threads: int = 1, serving: bool = True) -> dict[s
 IDLE_FROM_S, IDLE_GAP_S = 2e-4, 0.02  # see recsched.sim.lanes.IdleModel
 
 
+def scaled_profile(profile: Mapping[str, Any], factor: float) -> dict[str, Any]:
+    """A copy of `profile` with every time (whole model and each op) multiplied by `factor`
+    and no serving correction (so no idle model)."""
+    out = json.loads(json.dumps(profile))  # a deep copy
+    out["whole_ms"] = [v * factor for v in out["whole_ms"]]
+    for g in out.get("granularities", {}).values():
+        g["ops"] = {k: [v * factor for v in ms] for k, ms in g["ops"].items()}
+    out.pop("serving_correction", None)
+    return out
+
+
 def serving_correction(
     adapter: Any, profile: Mapping[str, Any], threads: int = 1, pool_rows: int = 4096,
     repeats: int = 15, seed: int = 0,
@@ -547,10 +558,7 @@ def serving_correction(
     # One factor each (the median over batch sizes): per-size ratios are mostly noise on a
     # shared machine, and the effects vary little with the batch size.
     cold_f, idle_f = float(np.median(ratios)), float(np.median(idle))
-    out = json.loads(json.dumps(profile))  # a deep copy
-    out["whole_ms"] = [v * cold_f for v in out["whole_ms"]]
-    for g in out["granularities"].values():
-        g["ops"] = {k: [v * cold_f for v in ms] for k, ms in g["ops"].items()}
+    out = scaled_profile(profile, cold_f)
     out["serving_correction"] = {
         "pool_rows": pool_rows,
         "cold_factor": cold_f,
