@@ -126,9 +126,18 @@ def simulate_cmd(
     task_overhead_us: OverheadOpt = None,
     scale: ScaleOpt = "small",
     trace: Annotated[Path | None, typer.Option("--trace", help="Chrome trace of lanes.")] = None,
+    front: Annotated[
+        Path | None,
+        typer.Option(
+            "--front",
+            help="A front tier before the balancer: JSON with delay_ms (quantile points) and "
+            "stages_ms (FIFO service per request), e.g. benchmarks/ray_replicas.py's.",
+        ),
+    ] = None,
     json_path: JsonOpt = None,
 ) -> None:
     """Simulate N servers behind a load balancer, running the real scheduling policies."""
+    from recsched.sim.front import FrontModel
     from recsched.sim.run import DEFAULT_TASK_OVERHEAD_S, make_workload, simulate
 
     extra: dict[str, Any] = {}
@@ -160,6 +169,13 @@ def simulate_cmd(
         _fail(str(exc))
         raise
     overhead = task_overhead_us * 1e-6 if task_overhead_us is not None else None
+    front_model = None
+    if front is not None:
+        try:
+            front_model = FrontModel.load(front)
+        except ValueError as exc:
+            _fail(str(exc))
+            raise
     with _progress() as prog:
         task = prog.add_task(f"{model} {name} x{servers}", total=max(1, len(wl)))
 
@@ -173,7 +189,7 @@ def simulate_cmd(
                 accel_profile=accel_profile, accel_servers=accel_servers, graph_info=graph_info,
                 interference=inter, workload=wl, trace=trace, progress=on_progress,
                 task_overhead_s=overhead if overhead is not None else DEFAULT_TASK_OVERHEAD_S,
-                preset_name=name,
+                preset_name=name, front=front_model,
             )  # fmt: skip
         except (ValueError, KeyError, FileNotFoundError) as exc:
             _fail(str(exc))

@@ -15,6 +15,7 @@ as a real run's: rejected queries count as failures at their arrival, queries un
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,7 @@ from recsched.config import EngineConfig, preset
 from recsched.metrics.latency import LatencyLog, summarize_ms
 from recsched.metrics.report import cost_core_s_per_1k
 from recsched.sim.cluster import FAILED, OK, REJECTED, Cluster, ClusterRun
+from recsched.sim.front import FrontModel
 from recsched.sim.interference import InterferenceModel, resolve
 from recsched.sim.lanes import IdleModel
 from recsched.sim.server import ServerType
@@ -206,6 +208,7 @@ def simulate(
     progress: Progress | None = None,
     preset_name: str | None = None,
     fast: bool | None = None,
+    front: FrontModel | None = None,
 ) -> dict[str, Any]:
     """Simulate `servers` servers under an open-loop load of `qps` (whole cluster).
 
@@ -216,6 +219,8 @@ def simulate(
     "sim_loop_queries_per_s" (the event loop alone), "sim_events", "balancer" and
     "sim_fast_path" (whether the exact whole+sequential recurrence ran instead of the event
     loop: `recsched.sim.fastpath`; `fast=False` forbids it, `fast=True` requires it).
+    `front`: a front tier before the balancer (`recsched.sim.front`): the servers see each
+    query when it leaves the front's stages, and its latency gains the stages and the delay.
     """
     t_start = time.perf_counter()
     cfg, name = resolve_config(config)
@@ -237,14 +242,21 @@ def simulate(
         qps, duration_s, arrivals=arrivals, sizes=sizes, classes=classes, seed=seed
     )  # fmt: skip
     drain = drain_timeout_s if drain_timeout_s is not None else drain_timeout_for(sla_ms)
+    extra = None
+    if front is not None:  # the servers see each query as it leaves the front's stages
+        t_front, extra = front.extra_s(wl.t_s, seed)
+        wl = dataclasses.replace(wl, t_s=t_front)
+    until = max(wl.duration_s, float(wl.t_s[-1]) if len(wl) else 0.0) + drain
     cluster = Cluster(types, balancer, seed, trace=trace is not None, fast=fast)
-    run = cluster.run(wl, model, sla_ms, progress, until=wl.duration_s + drain)
+    run = cluster.run(wl, model, sla_ms, progress, until=until)
     if trace is not None:
         cluster.write_trace(str(trace))
     result = sim_result(
         run, cluster, wl, model=model, preset=name, config=cfg, offered_qps=qps,
-        sla_ms=sla_ms, percentile=percentile,
+        sla_ms=sla_ms, percentile=percentile, extra_s=extra,
     )  # fmt: skip
+    if front is not None:
+        result["front"] = front.to_dict()
     wall = time.perf_counter() - t_start
     result["sim_wall_s"] = wall  # the whole call: workload, event loop, summaries
     result["sim_queries_per_s"] = len(wl) / max(wall, 1e-9)
@@ -309,9 +321,15 @@ def sim_result(
     offered_qps: float,
     sla_ms: float | None,
     percentile: float = 95.0,
+    extra_s: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The `bench` result of a simulated run (same keys as recsched.bench.run.bench_result)."""
+    """The `bench` result of a simulated run (same keys as recsched.bench.run.bench_result).
+
+    `extra_s` [N]: latency each query paid outside the servers (a front tier), added to the
+    latency of every query the servers did not reject."""
     lat, ok = outcome_columns(run, wl)
+    if extra_s is not None:
+        lat = lat + np.where(run.status == REJECTED, 0.0, extra_s)
     names = [c.name for c in wl.classes]
     log = _ColumnLog(names, wl.cls, lat, wl.n_items, ok)
     s = log.summary(wl.classes, sla_ms, percentile)
@@ -340,6 +358,7 @@ def sim_result(
         "sla_met": bool(s["sla_met"]) if s["sla_met"] is not None else None,
         "classes": s["classes"],
         "lane_utilization": util,
+        "lane_busy_s": float(sum(ln.stats.busy_s for sv in servers for ln in sv.lanes)),
         "cost_core_s_per_1k": cost_core_s_per_1k(cores, span, s["within_sla"]),
         "servers": server_rows(run, cluster, lat, ok, span),
     }
