@@ -9,7 +9,9 @@ the offered rate until the p95 (failures count as never served) meets the same S
 ratio is the server's share of the cost (goal: HTTP >= 0.8).
 
 Every run also reports CPU per query: of this process for in-process runs (engine and
-driver); of the server process and of the load generator for HTTP runs (`cpu_ms`).
+driver); of the server process, of its event-loop thread alone (`server_loop`: the server's
+own work plus `Engine.submit`, without the lanes) and of the load generator for HTTP runs
+(`cpu_ms`).
 
 The load generator (`--client raw`, the default) is a minimal HTTP/1.1 keep-alive client on
 asyncio (uvloop when installed): the request's JSON header and binary tensors are written
@@ -211,9 +213,11 @@ def pending(url: str, model: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process `pid` (all its threads), from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
+def cpu_s(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds of process `pid` (all its threads), or of its thread `tid`,
+    from /proc."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -425,13 +429,18 @@ def http_once(url: str, model: str, setup: Setup, qps: float, duration_s: float,
               server_pid: int | None) -> dict:  # fmt: skip
     """One open-loop HTTP run with CPU per query of the server and of the load generator."""
     s0, c0 = (cpu_s(server_pid) if server_pid else 0.0), time.process_time()
+    l0 = cpu_s(server_pid, server_pid) if server_pid else 0.0
     log, counts = run_async(open_loop(url, model, setup, qps, duration_s, client))
     s1, c1 = (cpu_s(server_pid) if server_pid else 0.0), time.process_time()
+    l1 = cpu_s(server_pid, server_pid) if server_pid else 0.0
     r = http_result(log, counts, setup, qps)
     q = max(1, r["queries"])
     r["cpu_ms"] = {"client": (c1 - c0) / q * 1e3}
     if server_pid:  # None: the server is not one process (Ray replicas)
         r["cpu_ms"]["server"] = (s1 - s0) / q * 1e3
+        # its main thread: the event loop (HTTP, decoding, admission, Engine.submit); the
+        # rest is the lanes' and the engine's threads, which in-process runs pay as well
+        r["cpu_ms"]["server_loop"] = (l1 - l0) / q * 1e3
     t0 = time.monotonic()
     while pending(url, model) > 0 and time.monotonic() - t0 < 30:
         time.sleep(0.1)  # let an overloaded run's backlog drain before the next

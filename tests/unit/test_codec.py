@@ -261,3 +261,28 @@ def test_value_checks_agree_with_validate_inputs():
         except RequestError as e:
             got = str(e)
         assert got == want, (trial, got, want)
+
+
+@pytest.mark.parametrize(
+    "shape,needle",
+    [
+        ("4", "'shape' must be a list of integers like [B, 3]"),
+        ([True, 3], "'shape' must be a list of integers like [B, 3]"),
+        ([4, 3, 1], "shape [4, 3, 1] but the model expects [B, 3]"),
+        ([-2, 3], "batch of -2 items (must be at least 1)"),
+        ([65, 3], "batch of 65 items exceeds max_batch_size 64"),
+    ],
+)
+def test_shape_errors_after_the_fast_path(shape, needle):
+    dense, ids = arrays()
+    req = json_request(dense, ids)
+    req["inputs"][0]["shape"] = shape
+    with pytest.raises(RequestError) as e:
+        decode(json.dumps(req).encode())
+    assert e.value.status == 400 and needle in str(e.value), str(e.value)
+    req = json_request(dense, ids)
+    req["inputs"][0]["extra"] = 1  # unknown fields still named, in the request too
+    with pytest.raises(RequestError, match="input 'dense': unknown field\\(s\\) 'extra'"):
+        decode(json.dumps(req).encode())
+    with pytest.raises(RequestError, match="unknown field\\(s\\) 'x', 'y'"):
+        decode(json.dumps({**json_request(dense, ids), "y": 1, "x": 2}).encode())
