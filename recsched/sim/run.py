@@ -244,7 +244,7 @@ def simulate(
     drain = drain_timeout_s if drain_timeout_s is not None else drain_timeout_for(sla_ms)
     extra = None
     if front is not None:  # the servers see each query as it leaves the front's stages
-        t_front, extra = front.extra_s(wl.t_s, seed)
+        t_front, extra = front.extra_s(wl.t_s, wl.n_items, seed)
         wl = dataclasses.replace(wl, t_s=t_front)
     until = max(wl.duration_s, float(wl.t_s[-1]) if len(wl) else 0.0) + drain
     cluster = Cluster(types, balancer, seed, trace=trace is not None, fast=fast)
