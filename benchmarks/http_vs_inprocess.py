@@ -60,7 +60,7 @@ from recsched.bench.setup import Setup
 from recsched.config import EngineConfig
 from recsched.metrics.latency import LatencyLog
 from recsched.server.admission import priority_order
-from recsched.server.codec import kserve_dtype
+from recsched.server.codec import kserve_dtype, wire_dtype
 from recsched.types import PriorityClass
 from recsched.workload.classes import parse_classes
 
@@ -74,7 +74,7 @@ def serve_main(a: argparse.Namespace) -> None:
     factory = (lambda ad, c: NullEngine(ad, c)) if a.null_engine else None
     sc = ServerConfig(
         queue_capacity=a.queue_capacity, window=a.window, admission=a.admission,
-        reserve=a.reserve, sla_ms=a.sla_ms, engine_factory=factory,
+        reserve=a.reserve, sla_ms=a.sla_ms, engine_factory=factory, wire_ids=a.wire_ids,
     )  # fmt: skip
     ad = load_model(a.model, scale=a.scale, seed=a.seed)
     server = RecschedServer({a.model: ad}, cfg, sc, parse_classes(a.classes))
@@ -114,7 +114,7 @@ def overhead(a: argparse.Namespace, setup: Setup, cfg: EngineConfig, out: dict) 
     path = f"/v2/models/{a.model}/infer"
 
     async def closed_loop(n: int) -> float:
-        bodies, http = Bodies(setup), RawClient(url)
+        bodies, http = Bodies(setup, a.wire_ids), RawClient(url)
         sizes = setup.load(100.0, 1.0).workload().n_items
         sizes = np.resize(sizes, n)
         nbytes = 0
@@ -174,7 +174,7 @@ def start_server(
         sys.executable, __file__, "--serve", str(port), "--serve-config",
         json.dumps(cfg.to_dict()), "--model", a.model, "--scale", a.scale, "--seed",
         str(a.seed), "--queue-capacity", str(a.queue_capacity), "--admission", a.admission,
-        "--reserve", str(a.reserve),
+        "--reserve", str(a.reserve), "--wire-ids", a.wire_ids,
     ]  # fmt: skip
     if a.window:
         args += ["--window", str(a.window)]
@@ -226,11 +226,14 @@ def cpu_s(pid: int, tid: int | None = None) -> float:
 class Bodies:
     """Binary-tensor requests cut from the input pool at seeded offsets, as buffer views."""
 
-    def __init__(self, setup: Setup) -> None:
+    def __init__(self, setup: Setup, wire_ids: str = "int32") -> None:
         pool = setup.pool()
         self.rows = pool.rows
-        self.arrays = {k: np.ascontiguousarray(v.numpy()) for k, v in pool.inputs.items()}
         self.specs = setup.adapter.inputs
+        self.wire = {s.name: wire_dtype(s, wire_ids) for s in self.specs}  # the server's
+        self.arrays = {
+            k: np.ascontiguousarray(v.to(self.wire[k]).numpy()) for k, v in pool.inputs.items()
+        }
         self.rng = np.random.default_rng(setup.seed)
 
     def make(self, n: int, priority: int) -> tuple[list, dict[str, str]]:
@@ -241,7 +244,8 @@ class Bodies:
             v = memoryview(self.arrays[s.name][off : off + n]).cast("B")
             views.append(v)
             shape = [n, *s.shape]
-            inputs.append({"name": s.name, "datatype": kserve_dtype(s.dtype), "shape": shape,
+            dtype = kserve_dtype(self.wire[s.name])
+            inputs.append({"name": s.name, "datatype": dtype, "shape": shape,
                            "parameters": {"binary_data_size": v.nbytes}})  # fmt: skip
         params: dict = {"binary_data_output": True}
         if priority:
@@ -347,12 +351,13 @@ async def open_loop(
     duration_s: float,
     client: str = "raw",
     drain_s: float = 10.0,
+    wire_ids: str = "int32",
 ) -> tuple[LatencyLog, dict]:
     """Send one Poisson workload at its scheduled times; latency from the scheduled time."""
     wl = setup.load(qps, duration_s).workload()
     order = priority_order(setup.classes)
     prio = {c.name: (order.index(c) + 1 if len(order) > 1 else 0) for c in order}
-    bodies = Bodies(setup)
+    bodies = Bodies(setup, wire_ids)
     log = LatencyLog()
     counts: dict = {"late": 0, "status": {}, "class_status": {c.name: {} for c in order}}
     path = f"/v2/models/{model}/infer"
@@ -426,11 +431,11 @@ def http_result(log: LatencyLog, counts: dict, setup: Setup, qps: float) -> dict
 
 
 def http_once(url: str, model: str, setup: Setup, qps: float, duration_s: float, client: str,
-              server_pid: int | None) -> dict:  # fmt: skip
+              server_pid: int | None, wire_ids: str = "int32") -> dict:  # fmt: skip
     """One open-loop HTTP run with CPU per query of the server and of the load generator."""
     s0, c0 = (cpu_s(server_pid) if server_pid else 0.0), time.process_time()
     l0 = cpu_s(server_pid, server_pid) if server_pid else 0.0
-    log, counts = run_async(open_loop(url, model, setup, qps, duration_s, client))
+    log, counts = run_async(open_loop(url, model, setup, qps, duration_s, client, 10.0, wire_ids))
     s1, c1 = (cpu_s(server_pid) if server_pid else 0.0), time.process_time()
     l1 = cpu_s(server_pid, server_pid) if server_pid else 0.0
     r = http_result(log, counts, setup, qps)
@@ -449,11 +454,11 @@ def http_once(url: str, model: str, setup: Setup, qps: float, duration_s: float,
 
 def http_run_fn(
     url: str, model: str, setup: Setup, duration_s: float, client: str = "raw",
-    pid: int | None = None,
+    pid: int | None = None, wire_ids: str = "int32",
 ):  # fmt: skip
     def run(qps: float) -> dict:
         d = min(4 * duration_s, max(duration_s, 300.0 / qps))
-        return http_once(url, model, setup, qps, d, client, pid)
+        return http_once(url, model, setup, qps, d, client, pid, wire_ids)
 
     return run
 
@@ -486,7 +491,7 @@ def ladder(a: argparse.Namespace, setup: Setup, cfg: EngineConfig, out: dict) ->
     proc, url = start_server(a, cfg, None, None)
     runs: dict[str, list[dict]] = {"inprocess": [], "http": []}
     try:
-        http = http_run_fn(url, a.model, setup, a.duration, a.client, proc.pid)
+        http = http_run_fn(url, a.model, setup, a.duration, a.client, proc.pid, a.wire_ids)
         http(min(50.0, rates[0]))  # warm-up
         for q in rates:
             for name, fn in (("inprocess", inproc), ("http", http)):
@@ -546,6 +551,9 @@ def main() -> None:
     ap.add_argument("--admission", default="predicted", choices=["count", "predicted"])
     ap.add_argument("--reserve", type=float, default=0.25, help="server: admission reserve")
     ap.add_argument("--client", default="raw", choices=["raw", "aiohttp"])
+    ap.add_argument(
+        "--wire-ids", default="int32", choices=["int32", "model"], help="index inputs' dtype"
+    )
     ap.add_argument("--order", choices=["fifo", "size", "value"], help="the engine's queue order")
     ap.add_argument("--classes", help="priority classes for --overload-x")
     ap.add_argument("--overload-x", type=float, help="then offer K x the HTTP capacity")
@@ -597,7 +605,7 @@ def main() -> None:
     over = overload_setup(a, setup) if a.classes else None
     proc, url = start_server(a, cfg, class_spec(over.classes) if over else None, setup.sla_ms)
     try:
-        run = http_run_fn(url, a.model, setup, a.duration, a.client, proc.pid)
+        run = http_run_fn(url, a.model, setup, a.duration, a.client, proc.pid, a.wire_ids)
         run(min(50.0, setup.start_qps(cfg)))  # warm-up
         if a.http_qps:
             http_qps = a.http_qps
@@ -617,7 +625,7 @@ def main() -> None:
             for key, x in (("light", a.light_x), ("overload", a.overload_x)):
                 if x:
                     r = http_once(url, a.model, over, x * http_qps, a.overload_duration,
-                                  a.client, proc.pid)  # fmt: skip
+                                  a.client, proc.pid, a.wire_ids)  # fmt: skip
                     r["x_capacity"] = x
                     out[key] = r
                     show_classes(f"{key} {x:g}x capacity", r)

@@ -205,11 +205,16 @@ def router_duel(a, setup, cfg, n: int, qps: float, hb, cost: dict, out: dict) ->
         with RayCluster(spec, port=a.port, num_cpus=a.cpus) as cluster:
             run = hb.http_run_fn(cluster.url, a.model, setup, a.duration)
             run(min(20.0, qps))  # warm-up
-            rs = [run(qps) for _ in range(a.repeats)]
+            if a.duel_seconds:  # long runs: enough high-value queries for their p99
+                rs = [hb.http_once(cluster.url, a.model, setup, qps, a.duel_seconds, "raw", None)
+                      for _ in range(a.repeats)]  # fmt: skip
+            else:
+                rs = [run(qps) for _ in range(a.repeats)]
         for r in rs:
             row = {"router": router, "qps": qps, "hi_p99_ms": _p(r, "hi", "p99"),
                    "hi_p95_ms": _p(r, "hi", "p95"), "lo_p99_ms": _p(r, "lo", "p99"),
                    "all_p99_ms": _p(r, None, "p99"), "status": r["status"]}  # fmt: skip
+            row["hi_queries"] = r["classes"].get("hi", {}).get("queries")
             duel.append(row)
             print(f"  {router:>8} @ {qps:.0f} qps: high-value p99 {row['hi_p99_ms']:8.2f} ms, "
                   f"low-value p99 {row['lo_p99_ms']:8.2f} ms", flush=True)  # fmt: skip
@@ -298,6 +303,9 @@ def main() -> None:
     ap.add_argument("--mixed", default="hi:0.2:10,lo:0.8:1", help="the router duel's classes")
     ap.add_argument("--duel-load", type=float, default=0.8, help="x the 2-replica capacity")
     ap.add_argument("--repeats", type=int, default=2, help="duel runs per router")
+    ap.add_argument("--duel-qps", type=float, help="duel at this rate, no capacity searches")
+    ap.add_argument("--duel-replicas", type=int, default=2, help="with --duel-qps")
+    ap.add_argument("--duel-seconds", type=float, help="length of each duel run")
     ap.add_argument("--port", type=int, default=8011)
     ap.add_argument("--skip-inprocess", action="store_true")
     ap.add_argument("--skip-duel", action="store_true")
@@ -324,7 +332,7 @@ def main() -> None:
                  "command": " ".join(sys.argv)}  # fmt: skip
     print(f"{a.model} {a.preset} ({cfg.lanes} lanes in-process), SLA p{setup.percentile:g} "
           f"<= {setup.sla_ms:.2f} ms", flush=True)  # fmt: skip
-    if not a.skip_inprocess:
+    if not a.skip_inprocess and not a.duel_qps:
         run = setup.run_fn(cfg, a.preset, a.duration)
         s = find_capacity(run, start_qps=setup.start_qps(cfg), max_runs=max(8, a.max_runs),
                           rel_tol=0.1)  # fmt: skip
@@ -333,20 +341,24 @@ def main() -> None:
     start_ray(None, a.cpus, 200)
     try:
         caps = {}
-        for n in (int(x) for x in a.replicas.split(",")):
+        for n in (int(x) for x in a.replicas.split(",") if x and not a.duel_qps):
             caps[n] = ray_capacity(a, setup, cfg, n, "recsched", hb, cost, out)
             print(f"ray x{n}: {caps[n]['latency_bounded_qps']:.1f} qps", flush=True)
         if not a.skip_duel:
-            base = caps.get(2, next(iter(caps.values())))
-            qps = max(10.0, a.duel_load * base["latency_bounded_qps"])
+            if a.duel_qps:
+                n_duel, qps = a.duel_replicas, a.duel_qps
+            else:
+                base = caps.get(2, next(iter(caps.values())))
+                n_duel = base["replicas"]
+                qps = max(10.0, a.duel_load * base["latency_bounded_qps"])
             setup_mixed = Setup.make(a.model, a.scale, a.seed, classes=a.mixed,
                                      sla_ms=setup.sla_ms)  # fmt: skip
-            router_duel(a, setup_mixed, cfg, base["replicas"], qps, hb, cost, out)
+            router_duel(a, setup_mixed, cfg, n_duel, qps, hb, cost, out)
     finally:
         ray.shutdown()
     sim_agreement(a, setup, cfg, out)
     inproc = out.get("inprocess", {}).get("latency_bounded_qps")
-    for r in out["ray"]:
+    for r in out.get("ray", []):
         r["ratio_vs_inprocess"] = r["latency_bounded_qps"] / inproc if inproc else None
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1, default=float))
@@ -354,7 +366,7 @@ def main() -> None:
         json.dumps(
             {
                 "inprocess_qps": inproc,
-                "ray_qps": {r["replicas"]: r["latency_bounded_qps"] for r in out["ray"]},
+                "ray_qps": {r["replicas"]: r["latency_bounded_qps"] for r in out.get("ray", [])},
             }
         )
     )

@@ -92,6 +92,8 @@ class ServerConfig:
     SLA (`sla_ms` gives one to those without) and a cost: `cost(adapter, config)` returns
     `n_items -> predicted lane-seconds`; None: the model's profile (`recsched profile`,
     measured once and cached), see `recsched.server.predict`.
+    wire_ids: `int32` (index inputs whose ids fit travel as INT32, half the bytes; the
+    metadata and config say so) or `model` (the model's own dtype, INT64), `codec.wire_dtype`.
     """
 
     limits: codec.Limits = field(default_factory=codec.Limits)
@@ -109,8 +111,13 @@ class ServerConfig:
     wait_share: float = 0.5
     sla_ms: float | None = None
     cost: Callable[[ModelAdapter, EngineConfig], Callable[[int], float]] | None = None
+    wire_ids: str = "int32"
 
     def __post_init__(self) -> None:
+        if self.wire_ids not in codec.WIRE_IDS:
+            raise ValueError(
+                f"wire_ids is one of {', '.join(codec.WIRE_IDS)}, not {self.wire_ids!r}"
+            )
         if self.admission not in ("count", "predicted"):
             raise ValueError(f"admission is 'count' or 'predicted', not {self.admission!r}")
         if not (0.0 < self.reserve <= 1.0 and 0.0 <= self.wait_share <= 1.0):
@@ -656,7 +663,9 @@ class RecschedServer:
             return error_response(e.status, str(e))
         ad = h.adapter
         return JSONResponse(
-            codec.model_metadata(h.name, ad.inputs, ad.out_dim, self.config.version)
+            codec.model_metadata(
+                h.name, ad.inputs, ad.out_dim, self.config.version, self.config.wire_ids
+            )
         )
 
     async def model_ready(self, request: Request) -> Response:
@@ -672,7 +681,7 @@ class RecschedServer:
         ad = h.adapter
         return codec.model_config(
             h.name, ad.inputs, ad.out_dim, self.config.limits, h.config.to_dict(),
-            len(self.classes), self.config.queue_capacity,
+            len(self.classes), self.config.queue_capacity, self.config.wire_ids,
         )  # fmt: skip
 
     async def model_config(self, request: Request) -> Response:
@@ -754,6 +763,8 @@ class RecschedServer:
             h.adapter.inputs,
             limits,
             len(self.classes),
+            (codec.OUTPUT,),
+            self.config.wire_ids,
         )
         if len(body) >= self.config.decode_in_thread_bytes:
             return await asyncio.to_thread(codec.decode_request, *args)

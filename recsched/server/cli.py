@@ -62,6 +62,11 @@ def register(app: typer.Typer) -> None:
             0.25, help="predicted: engine backlog allowed below the top class (share of its SLA)."
         ),
         hang_s: float = typer.Option(30.0, help="A lane task longer than this is a hung lane."),
+        wire_ids: str = typer.Option(
+            "int32",
+            help="int32: index inputs whose ids fit travel as INT32 (half the bytes; metadata "
+            "and config say so) | model: the model's own dtype (INT64).",
+        ),
         seed: int = typer.Option(0, help="Model weight seed."),
         log_level: str = typer.Option("info", help="uvicorn log level."),
         trace: Path | None = typer.Option(
@@ -112,6 +117,8 @@ def register(app: typer.Typer) -> None:
             limits = Limits(max_batch_size, int(max_body_mb * (1 << 20)))
             if not 0.0 < reserve <= 1.0:
                 raise ValueError(f"--reserve is a share of an SLA in (0, 1], got {reserve:g}")
+            if wire_ids not in ("int32", "model"):
+                raise ValueError(f"--wire-ids is int32 or model, not {wire_ids!r}")
             adapters = {m: load_model(m, scale=scale, seed=seed) for m in dict.fromkeys(models)}
         except (ValueError, MemoryError, AssertionError) as e:
             typer.echo(f"error: {e}", err=True)
@@ -124,7 +131,7 @@ def register(app: typer.Typer) -> None:
         sc = ServerConfig(
             limits=limits, queue_capacity=queue_capacity, hang_s=hang_s,
             trace_path=str(trace) if trace else None, admission=admission, sla_ms=sla_ms,
-            reserve=reserve,
+            reserve=reserve, wire_ids=wire_ids,
         )  # fmt: skip
         server = RecschedServer(
             adapters, cfg, sc, prio, token, loader=lambda m: load_model(m, scale=scale, seed=seed)

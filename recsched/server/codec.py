@@ -114,6 +114,29 @@ def kserve_dtype(dtype: torch.dtype) -> str:
     return TORCH_KSERVE[dtype]
 
 
+WIRE_IDS = ("int32", "model")
+_I32 = 1 << 31
+
+
+def wire_dtype(spec: InputSpec, wire_ids: str = "model") -> torch.dtype:
+    """The dtype of `spec`'s tensor on the wire. `wire_ids="int32"`: an int64 index input
+    whose ids all fit in int32 travels as INT32 (half the bytes; rmc1's ids are most of a
+    request's body) and is widened to the model's dtype after the checks; `"model"`: the
+    model's own dtype. The metadata and config declare the wire dtype, so clients follow."""
+    if wire_ids not in WIRE_IDS:
+        raise ValueError(f"wire_ids is one of {', '.join(WIRE_IDS)}, not {wire_ids!r}")
+    if (
+        wire_ids == "int32"
+        and spec.kind == "index"
+        and spec.dtype == torch.int64
+        and spec.high is not None
+        and -_I32 <= spec.low
+        and spec.high <= _I32
+    ):
+        return torch.int32
+    return spec.dtype
+
+
 def parse_header_length(value: str | None, body_len: int) -> int | None:
     """The JSON header's size from `Inference-Header-Content-Length` (None: whole body)."""
     if value is None:
@@ -287,7 +310,7 @@ class _Binary:
 
 
 def _decode_input(
-    obj: object, specs: dict[str, InputSpec], binary: _Binary, limits: Limits
+    obj: object, specs: dict[str, InputSpec], binary: _Binary, limits: Limits, wire_ids: str
 ) -> tuple[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise RequestError("each entry of 'inputs' must be a JSON object")
@@ -301,7 +324,7 @@ def _decode_input(
         extra = sorted(set(obj) - _INPUT_KEYS)
         raise RequestError(f"input '{name}': unknown field(s) {', '.join(map(repr, extra))}")
     spec = specs[name]
-    want, np_dtype, native = _spec_dtypes(spec.dtype)
+    want, np_dtype, native = _spec_dtypes(wire_dtype(spec, wire_ids))
     datatype = obj.get("datatype")
     if not isinstance(datatype, str) or datatype not in KNOWN_DATATYPES:
         raise RequestError(
@@ -336,7 +359,15 @@ def _decode_input(
         raise RequestError(f"input '{name}': neither 'data' nor binary_data_size is given")
     array = np.ascontiguousarray(array, dtype=native)
     _check_values(spec, array)
+    if array.dtype != _model_numpy(spec.dtype):  # INT32 ids: widened after the checks, in
+        array = array.astype(_model_numpy(spec.dtype))  # numpy (torch would start its threads)
     return name, torch.from_numpy(array)
+
+
+@functools.cache
+def _model_numpy(dtype: torch.dtype) -> np.dtype:
+    """The native numpy dtype of a spec's torch dtype."""
+    return _spec_dtypes(dtype)[2]
 
 
 @functools.cache
@@ -427,12 +458,14 @@ def decode_request(
     limits: Limits,
     priority_levels: int = 1,
     out_names: Sequence[str] = (OUTPUT,),
+    wire_ids: str = "model",
 ) -> InferRequest:
     """Decode and validate an infer request body against the model's input specs.
 
     Raises `RequestError` (a 4xx) naming the problem; the tensors returned are exactly of
     the specs' dtypes and shapes `[n_items, *spec.shape]`, finite and in range. Binary
     tensors of a `bytearray` body are views of it (no copy): do not reuse the body.
+    `wire_ids`: the dtype index inputs arrive in (`wire_dtype`).
     """
     if len(body) > limits.max_body_bytes:
         raise RequestError(
@@ -460,7 +493,7 @@ def decode_request(
     binary = _Binary(view[hl:] if hl is not None else memoryview(b""), hl is not None)
     tensors: dict[str, torch.Tensor] = {}
     for raw in raw_inputs:
-        name, t = _decode_input(raw, specs, binary, limits)
+        name, t = _decode_input(raw, specs, binary, limits, wire_ids)
         if name in tensors:
             raise RequestError(f"input '{name}' is given twice")
         tensors[name] = t
@@ -524,15 +557,20 @@ def error_body(message: str) -> bytes:
 
 # -- metadata and config ---------------------------------------------------------------------
 def model_metadata(
-    name: str, inputs: Sequence[InputSpec], out_dim: int, version: str = "1"
-) -> dict[str, Any]:
-    """KServe model metadata: tensors with the batch dimension as -1."""
+    name: str, inputs: Sequence[InputSpec], out_dim: int, version: str = "1",
+    wire_ids: str = "model",
+) -> dict[str, Any]:  # fmt: skip
+    """KServe model metadata: tensors with the batch dimension as -1, in their wire dtype."""
     return {
         "name": name,
         "versions": [version],
         "platform": PLATFORM,
         "inputs": [
-            {"name": s.name, "datatype": kserve_dtype(s.dtype), "shape": [-1, *s.shape]}
+            {
+                "name": s.name,
+                "datatype": kserve_dtype(wire_dtype(s, wire_ids)),
+                "shape": [-1, *s.shape],
+            }  # fmt: skip
             for s in inputs
         ],
         "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, out_dim]}],
@@ -547,6 +585,7 @@ def model_config(
     engine: dict[str, Any],
     priority_levels: int,
     queue_size: int,
+    wire_ids: str = "model",
 ) -> dict[str, Any]:
     """Triton's model configuration (JSON form of config.pbtxt), consistent with the metadata.
 
@@ -562,7 +601,7 @@ def model_config(
         "input": [
             {
                 "name": s.name,
-                "data_type": "TYPE_" + kserve_dtype(s.dtype),
+                "data_type": "TYPE_" + kserve_dtype(wire_dtype(s, wire_ids)),
                 "format": "FORMAT_NONE",
                 "dims": list(s.shape),
                 "is_shape_tensor": False,

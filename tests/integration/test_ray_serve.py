@@ -44,11 +44,11 @@ def _scenario(out: str) -> None:  # runs inside the namespace
 
     import numpy as np
     import tritonclient.http as th
+    from tritonclient.utils import triton_to_np_dtype as th_dtype
 
     from recsched.config import preset
     from recsched.engine import Engine
     from recsched.models.registry import load_model
-    from recsched.server.codec import kserve_dtype
     from recsched.serving.ray_deploy import RayCluster, RaySpec, cost_table
     from recsched.serving.stats import aggregate
     from recsched.types import Query
@@ -63,12 +63,15 @@ def _scenario(out: str) -> None:  # runs inside the namespace
         assert cluster.url.startswith("http://127.0.0.1:")
         client = th.InferenceServerClient(cluster.url.removeprefix("http://"))
         result["ready"] = client.is_server_ready() and client.is_model_ready("rmc1")
+        wire = {t["name"]: t["datatype"] for t in client.get_model_metadata("rmc1")["inputs"]}
+        result["wire"] = wire
         for i, n in enumerate(sizes * 4):
             x = ad.make_inputs(n, seed=i)
             ins = []
-            for s in ad.inputs:
-                t = th.InferInput(s.name, list(x[s.name].shape), kserve_dtype(s.dtype))
-                t.set_data_from_numpy(x[s.name].numpy(), binary_data=i % 2 == 0)
+            for s in ad.inputs:  # in the dtypes the metadata declares, as clients do
+                t = th.InferInput(s.name, list(x[s.name].shape), wire[s.name])
+                a = x[s.name].numpy().astype(th_dtype(wire[s.name]))
+                t.set_data_from_numpy(a, binary_data=i % 2 == 0)
                 ins.append(t)
             r = client.infer("rmc1", ins, priority=1 + i % 2)
             got = r.as_numpy("scores")
@@ -113,6 +116,7 @@ def test_two_replicas_serve_kserve_v2_like_the_inprocess_engine(tmp_path):
         pytest.fail(f"the Ray scenario failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     r = json.loads(out.read_text())
     assert r["ready"]
+    assert r["wire"] == {"dense": "FP32", "sparse": "INT32"}, "ids travel as INT32"
     assert len(r["close"]) == 20 and all(r["close"]), r["close"]
     assert r["replicas"] == 2 and r["lanes"] == [1, 1]
     assert r["completed"] >= 20 and min(r["per_replica"]) > 0, "both replicas served"

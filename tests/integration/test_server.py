@@ -26,7 +26,7 @@ import pytest
 import torch
 import tritonclient.http as tc
 from torch import nn
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from recsched.config import EngineConfig
 from recsched.models.base import InputSpec, ModelAdapter
@@ -110,12 +110,12 @@ def body_for(n: int = 3, marker: float = 0.0, code: float = 0.5, seed: int = 0, 
     x = tiny_adapter().make_inputs(n, seed)
     x["dense"][:, 1] = marker
     x["dense"][0, 0] = code
-    d, i = x["dense"].numpy().tobytes(), x["idx"].numpy().tobytes()
+    d, i = x["dense"].numpy().tobytes(), x["idx"].numpy().astype(np.int32).tobytes()
     head = {
         "inputs": [
             {"name": "dense", "datatype": "FP32", "shape": [n, 4],
              "parameters": {"binary_data_size": len(d)}},
-            {"name": "idx", "datatype": "INT64", "shape": [n],
+            {"name": "idx", "datatype": "INT32", "shape": [n],
              "parameters": {"binary_data_size": len(i)}},
         ],
         "parameters": {"binary_data_output": True, **params},
@@ -219,6 +219,8 @@ def test_tritonclient_metadata_config_and_inference():
             assert m["name"] == k["name"] and k["data_type"] == "TYPE_" + m["datatype"]
             assert m["shape"] == [-1, *k["dims"]]
         assert md["outputs"][0]["shape"] == [-1, 2] and cfg["output"][0]["dims"] == [2]
+        # the model's int64 ids fit in int32: the server takes them as INT32 (half the bytes)
+        assert [m["datatype"] for m in md["inputs"]] == ["FP32", "INT32"]
         for n, binary_in, out in [
             (1, False, None),
             (7, True, None),
@@ -226,9 +228,9 @@ def test_tritonclient_metadata_config_and_inference():
             (9, True, False),
         ]:
             x = ad.make_inputs(n, n)
-            ins = [tc.InferInput("dense", [n, 4], "FP32"), tc.InferInput("idx", [n], "INT64")]
+            ins = [tc.InferInput("dense", [n, 4], "FP32"), tc.InferInput("idx", [n], "INT32")]
             ins[0].set_data_from_numpy(x["dense"].numpy(), binary_data=binary_in)
-            ins[1].set_data_from_numpy(x["idx"].numpy(), binary_data=binary_in)
+            ins[1].set_data_from_numpy(x["idx"].numpy().astype(np.int32), binary_data=binary_in)
             outs = None if out is None else [tc.InferRequestedOutput("scores", binary_data=out)]
             res = c.infer("tiny", ins, outputs=outs, request_id=f"q{n}")
             with torch.inference_mode():
@@ -236,7 +238,7 @@ def test_tritonclient_metadata_config_and_inference():
             np.testing.assert_allclose(res.as_numpy("scores"), want, rtol=1e-6, atol=1e-7)
             assert res.get_response()["id"] == f"q{n}"
         with pytest.raises(InferenceServerException, match="index out of range"):
-            ins[1].set_data_from_numpy(np.full(9, 10, np.int64))
+            ins[1].set_data_from_numpy(np.full(9, 10, np.int32))
             c.infer("tiny", ins)
         stats = c.get_inference_statistics("tiny")["model_stats"][0]
         assert stats["inference_stats"]["success"]["count"] == 4
@@ -262,7 +264,8 @@ def test_zoo_model_scores_match_direct():
         ins = []
         for spec in md["inputs"]:
             t = tc.InferInput(spec["name"], list(x[spec["name"]].shape), spec["datatype"])
-            t.set_data_from_numpy(x[spec["name"]].numpy(), binary_data=True)
+            a = x[spec["name"]].numpy().astype(triton_to_np_dtype(spec["datatype"]))
+            t.set_data_from_numpy(a, binary_data=True)  # in the metadata's dtype, as clients do
             ins.append(t)
         got = c.infer("rmc1", ins).as_numpy("scores")
         with torch.inference_mode():
@@ -433,7 +436,7 @@ def test_sigterm_drains_a_real_server_process(tmp_path):
         wait_until(up, "the server process", 60)
         slow = {"inputs": [
             {"name": "dense", "datatype": "FP32", "shape": [1, 4], "data": [1.5, 0, 0, 0]},
-            {"name": "idx", "datatype": "INT64", "shape": [1], "data": [0]},
+            {"name": "idx", "datatype": "INT32", "shape": [1], "data": [0]},
         ]}  # fmt: skip
         out: dict = {}
         th = threading.Thread(

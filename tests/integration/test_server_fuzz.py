@@ -33,11 +33,11 @@ def valid(rng: np.random.Generator) -> tuple[dict, dict[str, np.ndarray], bool]:
     n = int(rng.integers(1, 9))
     x = {
         "dense": rng.standard_normal((n, 4)).astype(np.float32),
-        "idx": rng.integers(0, 10, n).astype(np.int64),
+        "idx": rng.integers(0, 10, n).astype(np.int32),  # the server's wire dtype for ids
     }
     binary = bool(rng.integers(0, 2))
     req: dict = {"inputs": [], "parameters": {"binary_data_output": True}}
-    for name, dt in (("dense", "FP32"), ("idx", "INT64")):
+    for name, dt in (("dense", "FP32"), ("idx", "INT32")):
         t = {"name": name, "datatype": dt, "shape": list(x[name].shape)}
         if binary:
             t["parameters"] = {"binary_data_size": x[name].nbytes}

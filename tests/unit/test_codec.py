@@ -286,3 +286,51 @@ def test_shape_errors_after_the_fast_path(shape, needle):
         decode(json.dumps(req).encode())
     with pytest.raises(RequestError, match="unknown field\\(s\\) 'x', 'y'"):
         decode(json.dumps({**json_request(dense, ids), "y": 1, "x": 2}).encode())
+
+
+# -- index inputs as INT32 on the wire ----------------------------------------------------------
+def test_wire_dtype_narrows_only_index_inputs_whose_ids_fit():
+    ids, dense = SPECS[1], SPECS[0]
+    assert codec.wire_dtype(ids, "int32") == torch.int32
+    assert codec.wire_dtype(ids, "model") == torch.int64
+    assert codec.wire_dtype(dense, "int32") == torch.float32
+    big = InputSpec("ids", (2,), torch.int64, "index", 0, (1 << 31) + 1)
+    unbounded = InputSpec("ids", (2,), torch.int64, "index", 0, None)
+    assert codec.wire_dtype(big, "int32") == codec.wire_dtype(unbounded, "int32") == torch.int64
+    with pytest.raises(ValueError, match="wire_ids is one of"):
+        codec.wire_dtype(ids, "int16")
+    meta = codec.model_metadata("m", SPECS, 1, wire_ids="int32")
+    assert [t["datatype"] for t in meta["inputs"]] == ["FP32", "INT32"]
+    cfg = codec.model_config("m", SPECS, 1, LIMITS, {}, 1, 8, wire_ids="int32")
+    assert [t["data_type"] for t in cfg["input"]] == ["TYPE_FP32", "TYPE_INT32"]
+    assert codec.model_metadata("m", SPECS, 1)["inputs"][1]["datatype"] == "INT64"
+
+
+def test_int32_ids_decode_to_the_models_int64_and_are_still_checked():
+    dense, ids = arrays()
+    d, i = dense.astype("<f4").tobytes(), ids.astype("<i4").tobytes()
+    head = {"inputs": [
+        {"name": "dense", "datatype": "FP32", "shape": [4, 3],
+         "parameters": {"binary_data_size": len(d)}},
+        {"name": "ids", "datatype": "INT32", "shape": [4, 2],
+         "parameters": {"binary_data_size": len(i)}},
+    ]}  # fmt: skip
+    text = json.dumps(head).encode()
+    req = codec.decode_request(text + d + i, str(len(text)), SPECS, LIMITS, 2, wire_ids="int32")
+    assert req.inputs["ids"].dtype == torch.int64
+    assert torch.equal(req.inputs["ids"], torch.from_numpy(ids))
+    # JSON data too
+    j = json_request(dense, ids)
+    j["inputs"][1]["datatype"] = "INT32"
+    req = codec.decode_request(json.dumps(j).encode(), None, SPECS, LIMITS, 2, wire_ids="int32")
+    assert req.inputs["ids"].dtype == torch.int64
+    # the model's INT64 is now the wrong datatype, named
+    with pytest.raises(RequestError, match="datatype INT64 but the model expects INT32"):
+        codec.decode_request(
+            json.dumps(json_request(dense, ids)).encode(), None, SPECS, LIMITS, 2, wire_ids="int32"
+        )
+    # out of range (negative, too large) is still a 400 before widening
+    for bad in (-1, 50):
+        j["inputs"][1]["data"] = [bad] + ids.ravel().tolist()[1:]
+        with pytest.raises(RequestError, match="index out of range"):
+            codec.decode_request(json.dumps(j).encode(), None, SPECS, LIMITS, 2, wire_ids="int32")
