@@ -570,7 +570,7 @@ def model_metadata(
                 "name": s.name,
                 "datatype": kserve_dtype(wire_dtype(s, wire_ids)),
                 "shape": [-1, *s.shape],
-            }  # fmt: skip
+            }
             for s in inputs
         ],
         "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, out_dim]}],

@@ -130,8 +130,9 @@ def simulate_cmd(
         Path | None,
         typer.Option(
             "--front",
-            help="A front tier before the balancer: JSON with delay_ms (quantile points) and "
-            "stages_ms (FIFO service per request), e.g. benchmarks/ray_replicas.py's.",
+            help="A front tier before the balancer (recsched.sim.front): JSON with delay_ms "
+            "(quantile points), delay_ms_per_item, stages_ms and stages_ms_per_item (FIFO "
+            "service per request), e.g. the one benchmarks/ray_replicas.py calibrates.",
         ),
     ] = None,
     json_path: JsonOpt = None,

@@ -90,6 +90,22 @@ def test_simulate_and_fidelity_commands(tmp_path, profile_path):
     assert r["model"] == MODEL and len(r["servers"]) == 3 and r["sim_queries_per_s"] > 0
     assert set(r["classes"]) == {"high", "low"}
     assert any(e["ph"] == "X" for e in json.loads(trace.read_text())["traceEvents"])
+    # the same run behind a front tier: 5 ms more per query, everywhere
+    front, out2 = tmp_path / "front.json", tmp_path / "sim_front.json"
+    front.write_text(json.dumps({"delay_ms": [5.0]}))
+    args = [
+        "simulate", MODEL, "--servers", "3", "--qps", "300", "--duration", "2",
+        "--preset", "dynamic", "--profile", str(profile_path), "--balancer", "least",
+        "--sla-ms", "50", "--seed", "2", "--classes", "high:0.2:10,low:0.8:1",
+    ]  # fmt: skip
+    res = CliRunner().invoke(app, [*args, "--front", str(front), "--json", str(out2)])
+    assert res.exit_code == 0, res.output
+    r2 = json.loads(out2.read_text())
+    assert r2["front"]["delay_ms"] == [5.0]
+    assert r2["latency_ms"]["p50"] == pytest.approx(r["latency_ms"]["p50"] + 5.0)
+    front.write_text(json.dumps({"delay": [5.0]}))
+    res = CliRunner().invoke(app, [*args, "--front", str(front)])
+    assert res.exit_code == 2 and "unknown front model keys" in res.output
     fid = tmp_path / "fid.json"
     res = CliRunner().invoke(
         app,
