@@ -227,8 +227,7 @@ def sim_agreement(a, setup, cfg, out: dict) -> None:
     (`front_calibration`), the profile and the front both rescaled by one factor per run:
     the run's own lane-busy seconds over the simulator's (how much slower the shared cores
     ran everything under that load: Ray's processes, the lanes and the load generator all
-    compete for them). Relative errors at p50 and p95;
-    overloaded runs are left out."""
+    compete for them). Relative errors at p50 and p95; overloaded runs are left out."""
     from recsched.bench import calibrate
     from recsched.sim.front import FrontModel
     from recsched.sim.run import scaled_profile, simulate
@@ -245,9 +244,9 @@ def sim_agreement(a, setup, cfg, out: dict) -> None:
             if r["status"].get("200", 0) < 0.9 * r["queries"] or not r.get("lane_busy_s"):
                 continue  # overloaded runs: both sides diverge by construction
             qps, d = r["offered_qps"], r["duration_s"]
+            wl = setup.load(qps, d).workload()  # the run's own queries
 
-            def sim(profile, front=None, qps=qps, d=d, n=n, rcfg=rcfg):
-                wl = setup.load(qps, d).workload()  # the run's own queries
+            def sim(profile, front=None, qps=qps, d=d, n=n, rcfg=rcfg, wl=wl):
                 return simulate(a.model, rcfg, profile, qps=qps, duration_s=d, servers=n,
                                 balancer="least", workload=wl, sla_ms=setup.sla_ms,
                                 seed=setup.seed, front=front, interference="none")  # fmt: skip

@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         from recsched.config import preset as make_preset
         from recsched.models.registry import load_model
-        from recsched.server.codec import Limits
+        from recsched.server.codec import WIRE_IDS, Limits
         from recsched.workload.classes import parse_classes
 
         try:
@@ -117,8 +117,8 @@ def register(app: typer.Typer) -> None:
             limits = Limits(max_batch_size, int(max_body_mb * (1 << 20)))
             if not 0.0 < reserve <= 1.0:
                 raise ValueError(f"--reserve is a share of an SLA in (0, 1], got {reserve:g}")
-            if wire_ids not in ("int32", "model"):
-                raise ValueError(f"--wire-ids is int32 or model, not {wire_ids!r}")
+            if wire_ids not in WIRE_IDS:
+                raise ValueError(f"--wire-ids is one of {', '.join(WIRE_IDS)}, not {wire_ids!r}")
             adapters = {m: load_model(m, scale=scale, seed=seed) for m in dict.fromkeys(models)}
         except (ValueError, MemoryError, AssertionError) as e:
             typer.echo(f"error: {e}", err=True)

@@ -324,7 +324,7 @@ def _decode_input(
         extra = sorted(set(obj) - _INPUT_KEYS)
         raise RequestError(f"input '{name}': unknown field(s) {', '.join(map(repr, extra))}")
     spec = specs[name]
-    want, np_dtype, native = _spec_dtypes(wire_dtype(spec, wire_ids))
+    want, np_dtype, native, model_np = _input_dtypes(spec, wire_ids)
     datatype = obj.get("datatype")
     if not isinstance(datatype, str) or datatype not in KNOWN_DATATYPES:
         raise RequestError(
@@ -359,24 +359,19 @@ def _decode_input(
         raise RequestError(f"input '{name}': neither 'data' nor binary_data_size is given")
     array = np.ascontiguousarray(array, dtype=native)
     _check_values(spec, array)
-    if array.dtype != _model_numpy(spec.dtype):  # INT32 ids: widened after the checks, in
-        array = array.astype(_model_numpy(spec.dtype))  # numpy (torch would start its threads)
+    if array.dtype != model_np:  # INT32 ids: widened after the checks, in numpy (torch
+        array = array.astype(model_np)  # would start its intra-op threads on this thread)
     return name, torch.from_numpy(array)
 
 
 @functools.cache
-def _model_numpy(dtype: torch.dtype) -> np.dtype:
-    """The native numpy dtype of a spec's torch dtype."""
-    return _spec_dtypes(dtype)[2]
-
-
-@functools.cache
-def _spec_dtypes(dtype: torch.dtype) -> tuple[str, np.dtype, np.dtype]:
-    """`(KServe datatype, its wire numpy dtype, the same in native byte order)` of a spec's
-    torch dtype (ValueError if it has none), computed once per dtype."""
-    want = kserve_dtype(dtype)
+def _input_dtypes(spec: InputSpec, wire_ids: str) -> tuple[str, np.dtype, np.dtype, np.dtype]:
+    """`(KServe datatype on the wire, its numpy dtype, the same in native byte order, the
+    model's native numpy dtype)` of an input (ValueError if it has none), once per spec."""
+    want = kserve_dtype(wire_dtype(spec, wire_ids))
     wire = np.dtype(KSERVE_NUMPY[want])
-    return want, wire, wire.newbyteorder("=")
+    model = np.dtype(KSERVE_NUMPY[kserve_dtype(spec.dtype)]).newbyteorder("=")
+    return want, wire, wire.newbyteorder("="), model
 
 
 def _check_values(spec: InputSpec, a: np.ndarray) -> None:
