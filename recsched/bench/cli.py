@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from recsched.config import DEFAULT_BATCH_SIZE
 from recsched.metrics.report import bench_table, capacity_table, compare_table, write_json
 
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -360,7 +361,7 @@ def sweep_cmd(
         str | None, typer.Option(help="Comma-separated offered rates (default: from capacity).")
     ] = None,
     points: Annotated[int, typer.Option(help="Rates when --qps is not given.")] = 6,
-    batch_size: Annotated[int, typer.Option(help="B for split/dynamic.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="B for split/dynamic.")] = DEFAULT_BATCH_SIZE,
     sla_ms: SlaMsOpt = None,
     sla_x: SlaXOpt = None,
     percentile: PctOpt = 95.0,

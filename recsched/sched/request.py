@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from itertools import count
 
 from recsched import sched
+from recsched.config import DEFAULT_BATCH_SIZE
 from recsched.types import Batch, Part, Query
 
 
@@ -52,7 +53,7 @@ class RequestPolicy:
     def __init__(
         self,
         mode: str = "whole",
-        batch_size: int = 64,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         merge_delay_s: float = 0.001,
         offload_threshold: int | None = None,
     ) -> None:

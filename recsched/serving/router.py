@@ -40,6 +40,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from recsched.config import DEFAULT_BATCH_SIZE
 from recsched.graph.cost import interpolate
 
 # -- the pure policy --------------------------------------------------------------------------
@@ -73,7 +74,7 @@ class WorkCost:
         """From `{"batch_sizes": [...], "whole_s": [...]}` and an EngineConfig dict."""
         b = None
         if config is not None and config.get("request", "whole") != "whole":
-            b = int(config.get("batch_size", 64))
+            b = int(config.get("batch_size", DEFAULT_BATCH_SIZE))
         return cls(
             tuple(int(x) for x in table["batch_sizes"]),
             tuple(float(x) for x in table["whole_s"]),
