@@ -103,3 +103,18 @@ def test_expiry_uses_the_same_sum_as_the_wake_time():
     p.push(q(1, 3), 0.1)
     wake = p.schedule(0.1).wake_at
     assert parts(p.schedule(wake)) == [(Part(1, 0, 3),)]
+
+
+def test_default_b_is_shared_by_the_policy_and_the_config():
+    """One default B (256) for `RequestPolicy`, `EngineConfig` and the presets: a 600-item
+    query under the `dynamic` preset leaves as two full batches and a buffered remainder."""
+    from recsched.config import DEFAULT_BATCH_SIZE, EngineConfig, preset
+
+    assert DEFAULT_BATCH_SIZE == 256
+    assert EngineConfig().batch_size == preset("dynamic").batch_size == DEFAULT_BATCH_SIZE
+    cfg = preset("dynamic")
+    p = RequestPolicy(cfg.request, cfg.batch_size, cfg.merge_delay_ms / 1e3)
+    assert p.batch_size == RequestPolicy("dynamic").batch_size
+    p.push(q(1, 600), 0.0)
+    assert parts(p.schedule(0.0)) == [(Part(1, 0, 256),), (Part(1, 256, 512),)]
+    assert p.pending_items() == 88
