@@ -119,15 +119,16 @@ def main() -> None:
         "ideal": [], "real": [],
     }  # fmt: skip
     print(f"\n{'config':18s} {'ideal qps':>10s} {'ideal eff':>10s}")
-    for spec in [c for c in a.configs.split(",") if c]:
+    specs = [c for c in a.configs.split(",") if c]
+    for spec in specs:
         qps = sim_capacity(parse(spec), ideal)
         eff = qps * mean_items / peak["peak_items_per_s"]
         out["ideal"].append({"config": spec, "qps": qps, "efficiency": eff})
         print(f"{spec:18s} {qps:10.1f} {eff:10.3f}", flush=True)
 
     if a.capacity_rounds:
-        out["capacity"] = real_capacities(s, [parse(c) for c in a.configs.split(",")],
-                                          a.configs.split(","), a, mean_items, peak)  # fmt: skip
+        kws = [parse(c) for c in specs]
+        out["capacity"] = real_capacities(s, kws, specs, a, mean_items, peak)
     if a.closed_rounds:
         out["closed"] = closed_loops(s, a, lanes, tpl)
     rates = [float(x) for x in a.real_qps.split(",") if x]

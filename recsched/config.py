@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 REQUEST_POLICIES = ("whole", "split", "dynamic", "tuned")
+OPERATOR_POLICIES = ("sequential", "roundrobin", "opstream")
 # B for split/dynamic unless set. 64 (the first default) was the worst B tried on rmc1 at every
 # SLA, on the simulator with the peak's costs and on the real engine (2 lanes): splitting the
 # 5% of queries with 380-1,000 items into 64-row batches costs more lane time than it saves in
 # latency; 256 is within a few percent of the best B at --sla-x 5, 10 and 20 and is what the
-# tuner chose for most of the eight models (BENCHMARKS.md, "How close to the peak").
+# tuner chose for four of the eight models (BENCHMARKS.md, "How close to the peak").
 DEFAULT_BATCH_SIZE = 256
-OPERATOR_POLICIES = ("sequential", "roundrobin", "opstream")
 
 
 @dataclass(frozen=True)
