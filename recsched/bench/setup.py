@@ -7,6 +7,7 @@ options mean the same thing everywhere.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable
@@ -153,7 +154,9 @@ class Setup:
     ) -> Callable[[float], dict]:
         """qps -> bench result, on the real engine (or the simulator with `sim`). With
         `trace` (real engine), the result also holds "lane_tasks": [items, seconds] of every
-        lane task of the measured run (the simulator's in-run calibration reads them)."""
+        lane task of the measured run, and "lane_gaps_s": per lane, the time from each task's
+        end to the next one's start (the engine's hand-off between tasks, plus idling); the
+        simulator's in-run calibration reads them."""
         if self.sim:
             from recsched.sim.run import sim_run_fn
 
@@ -169,11 +172,13 @@ class Setup:
                 percentile=self.percentile, pool=pool, trace=rec, **extras,
             )  # fmt: skip
             if rec is not None:
+                ev = [e for e in rec.events() if e.get("ph") == "X"]
                 r["lane_tasks"] = [
                     [e["args"].get("items", 0), e["dur"] * 1e-6]
-                    for e in rec.events()
-                    if e.get("ph") == "X" and not e["args"].get("error")
+                    for e in ev
+                    if not e["args"].get("error")
                 ]
+                r["lane_gaps_s"] = lane_gaps_s(ev)
             return r
 
         return run
@@ -224,6 +229,19 @@ class Setup:
         from recsched.bench.tune import tune
 
         return tune(self, **kw)
+
+
+def lane_gaps_s(events: list[dict]) -> list[float]:
+    """From a lane trace's "X" events: per lane, in start order, the seconds from each task's
+    end to the next task's start (negative gaps, from clock rounding, count as 0)."""
+    by_lane: dict[Any, list[tuple[float, float]]] = {}
+    for e in events:
+        by_lane.setdefault(e.get("tid"), []).append((e["ts"], e["ts"] + e["dur"]))
+    gaps = []
+    for spans in by_lane.values():
+        spans.sort()
+        gaps += [max(0.0, (b[0] - a[1]) * 1e-6) for a, b in itertools.pairwise(spans)]
+    return gaps
 
 
 def _pct(r: dict, p: float) -> float:

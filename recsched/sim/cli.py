@@ -278,7 +278,8 @@ def fidelity_cmd(
         typer.Option(
             "--in-run",
             help="Also simulate each load calibrated by the real run's own lane task times "
-            "(separates the machine's speed drift from the simulator's queueing model).",
+            "(separates the machine's speed drift from the simulator's queueing model): once "
+            "with one factor, once trace-driven (each task draws a measured ratio of its size).",
         ),
     ] = False,
     json_path: JsonOpt = None,
@@ -346,6 +347,8 @@ def fidelity_table(r: dict) -> Table:
     if in_run:
         t.add_column("p95 sim in-run", justify="right")
         t.add_column("p95 err in-run", justify="right")
+        t.add_column("p95 sim traced", justify="right")
+        t.add_column("p95 err traced", justify="right")
     for row in r["loads"]:
         cells = []
         for p in ("p50", "p95", "p99"):
@@ -354,6 +357,7 @@ def fidelity_table(r: dict) -> Table:
             cells.append(_spread(row.get("real_spread", {}).get("p95")))
         if in_run:
             cells += [_num(row["sim_in_run"]["p95"]), _pct(row["error_in_run"]["p95"])]
+            cells += [_num(row["sim_in_run_noise"]["p95"]), _pct(row["error_in_run_noise"]["p95"])]
         t.add_row(f"{row['qps']:,.1f}", *cells)
     w = r["max_abs_error"]
     verdict = "[green]within[/green]" if r["p95_within_goal"] else "[red]outside[/red]"
@@ -367,6 +371,12 @@ def fidelity_table(r: dict) -> Table:
         t.caption += (
             f"; calibrated in-run: p50 {_pct(wi['p50'])}, p95 {_pct(wi['p95'])}, "
             f"p99 {_pct(wi['p99'])} (p95 {ok} the goal)"
+        )
+        wn = r["in_run_noise"]["max_abs_error"]
+        ok = "within" if r["in_run_noise"]["p95_within_goal"] else "outside"
+        t.caption += (
+            f"; trace-driven: p50 {_pct(wn['p50'])}, p95 {_pct(wn['p95'])}, "
+            f"p99 {_pct(wn['p99'])} (p95 {ok} the goal)"
         )
     return t
 

@@ -68,6 +68,8 @@ def why_not(cluster: Cluster) -> str | None:
             return f"server {sv.index} orders its queue by {cfg.order}, not fifo"
         if any(k != "cpu" for k in sv.state.kinds):
             return f"server {sv.index} has accelerator lanes"
+        if sv.state.models["cpu"].noise is not None:
+            return f"server {sv.index} draws service-time noise"
     return None
 
 

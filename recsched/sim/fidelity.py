@@ -20,10 +20,17 @@ on one load only.
 With `in_run=True` the simulator is also run a second time per load, calibrated *by the
 real run itself*: the real engine's lane tasks are recorded, and the profile is rescaled by
 one factor, (sum of the tasks' measured times) / (sum of their predicted times), with the
-idle model and the interference table off (the measured times already hold both). The
+idle model and the interference table off (the measured times already hold both), and the
+engine's cost per task set to the real run's hand-off between back-to-back tasks (the median
+lane gap under `HANDOFF_MAX_S`, when the run has enough of them: completion bookkeeping, the
+GIL, the next task's start; a task's own time does not hold it). The
 machine's speed drifts by tens of percent within minutes here, which a profile measured
 before the runs cannot know; the in-run error ("error_in_run") separates that drift from
-the simulator's own queueing model (trace-driven validation).
+the simulator's own queueing model (trace-driven validation). A third simulation per load
+is trace-driven in full ("error_in_run_noise"): each simulated task's time is the profile's
+prediction times a ratio drawn from the real tasks of its size (`ServiceNoise`): served
+tasks cost more per item at small sizes than at large ones, and they spread, and a
+deterministic service time shows neither (the queueing it misses grows with the spread).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import numpy as np
 
 from recsched.config import EngineConfig
 from recsched.sim.interference import DEFAULT, calibrate_model
+from recsched.sim.lanes import ServiceNoise
 from recsched.sim.run import (
     DEFAULT_TASK_OVERHEAD_S,
     add_engine_idle_cost,
@@ -52,6 +60,15 @@ from recsched.workload import parse_sizes
 PERCENTILES = ("p50", "p95", "p99")
 GOAL_P95 = 0.15
 DEFAULT_LOADS = (0.3, 0.6, 0.85)  # fractions of the estimated capacity
+HANDOFF_MAX_S = 1e-3  # lane gaps shorter than this are hand-offs, longer ones idling
+HANDOFF_MIN_GAPS = 20
+
+
+def handoff_s(gaps: Sequence[float], default: float) -> float:
+    """The engine's hand-off between back-to-back tasks on a lane: the median of the lane
+    gaps under `HANDOFF_MAX_S`; `default` with fewer than `HANDOFF_MIN_GAPS` of them."""
+    short = sorted(g for g in gaps if 0.0 <= g < HANDOFF_MAX_S)
+    return short[len(short) // 2] if len(short) >= HANDOFF_MIN_GAPS else default
 
 
 def rel_error(sim: float | None, real: float | None) -> float:
@@ -300,7 +317,10 @@ def fidelity(
     result `repeats` and `median_real_spread` (`run_loads`, `summarize`).
     `in_run=True` adds, per load, the simulator calibrated by the real runs' own task times
     (module docstring): rows gain "sim_in_run", "error_in_run" and "in_run_scale", the
-    result "in_run" (the `summarize` of those errors). It needs the sequential operator
+    result "in_run" (the `summarize` of those errors), and "in_run_task_overhead_s" (the
+    hand-off, `handoff_s`); and the trace-driven simulation: rows
+    gain "sim_in_run_noise", "error_in_run_noise" and "in_run_noise" (the ratios per size
+    bin), the result "in_run_noise". It needs the sequential operator
     policy (whole-model tasks); with an injected `real`, its results carry the tasks under
     "lane_tasks" (a list of [items, seconds]).
     """
@@ -338,14 +358,19 @@ def fidelity(
         cap = estimated_capacity_qps(cost, cfg, sizes, seed)
         qps_list = [round(f * cap, 1) for f in DEFAULT_LOADS]
     scales: dict[float, list[float]] = {}
+    task_lists: dict[float, list] = {}
+    gap_lists: dict[float, list[float]] = {}
 
     def real_and_scale(q: float) -> dict:
         r = real(q)
         tasks = r.pop("lane_tasks", None)
+        gaps = r.pop("lane_gaps_s", None) or []
         if in_run:
             if not tasks:
                 raise ValueError("in-run calibration needs the real run's lane tasks")
             scales.setdefault(q, []).append(in_run_scale(tasks, cost.whole_s))
+            task_lists.setdefault(q, []).extend(tasks)
+            gap_lists.setdefault(q, []).extend(gaps)
         return r
 
     rows = run_loads(qps_list, real_and_scale, sim, repeats, on_load=on_load, on_real=on_real)
@@ -355,16 +380,28 @@ def fidelity(
             raise ValueError("in-run calibration rescales a profile dict, not a cost object")
         for row in rows:
             f = _median(scales[float(row["qps"])])
+            over = handoff_s(gap_lists.get(float(row["qps"]), []), task_overhead_s)
             p = scaled_profile(profile, f)
             t = server_types(
                 cfg, make_cost(p, cfg.granularity, graph_info), 1, graph_info=graph_info,
-                interference="none", task_overhead_s=task_overhead_s, policy_cost=policy_cost,
+                interference="none", task_overhead_s=over, policy_cost=policy_cost,
             )  # fmt: skip
             s = sim_run_fn(setup, cfg, name, duration_s, types=t)(float(row["qps"]))
             c = compare(_as_real(row), s)
             row["in_run_scale"] = f
+            row["in_run_task_overhead_s"] = over
             row["sim_in_run"], row["error_in_run"] = c["sim"], c["error"]
+            noise = ServiceNoise.from_tasks(task_lists[float(row["qps"])], cost.whole_s, seed=seed)
+            t = server_types(
+                cfg, cost, 1, graph_info=graph_info, interference="none",
+                task_overhead_s=over, policy_cost=policy_cost, noise=noise,
+            )  # fmt: skip
+            s = sim_run_fn(setup, cfg, name, duration_s, types=t)(float(row["qps"]))
+            c = compare(_as_real(row), s)
+            row["in_run_noise"] = noise.to_dict()
+            row["sim_in_run_noise"], row["error_in_run_noise"] = c["sim"], c["error"]
         extra["in_run"] = summarize([{"error": r["error_in_run"]} for r in rows])
+        extra["in_run_noise"] = summarize([{"error": r["error_in_run_noise"]} for r in rows])
     return {
         "model": model,
         "preset": name,

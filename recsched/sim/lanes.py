@@ -12,8 +12,10 @@ sum of `op_s(op, rows)` over the task's operators otherwise), `F` the interferen
 (`recsched.sim.interference`) and the class is `mixed` for a whole model, else the class
 holding most of the task's predicted time. The second line is the optional `IdleModel`: a
 forward after the lane sat idle runs slower than one in a back-to-back loop, which is how
-profiles are measured (cold caches, a descheduled core, thread wake-ups). All factors are
-fixed when the task starts.
+profiles are measured (cold caches, a descheduled core, thread wake-ups). With a
+`ServiceNoise` (trace-driven service times) `base` is further multiplied by a ratio drawn
+for each task from a real run's measured / predicted task times of that size. All factors
+are fixed when the task starts.
 
 `NullLane` meets the `recsched.lanes.base.Lane` protocol: `submit(task, work)` ignores the
 closure, queues the task FIFO behind the one running, and reports a `LaneResult` through
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import random
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -140,6 +143,67 @@ class IdleModel:
         )  # fmt: skip
 
 
+class ServiceNoise:
+    """Trace-driven service times: how a real run's lane tasks spread around the cost model.
+
+    `ratios[i]` holds measured / predicted seconds of real tasks whose rows fall in bin i,
+    the bins split at `edges` (bin i holds rows <= edges[i], the last bin the rest). Each
+    simulated task draws one ratio of its bin (seeded, in event order, so a run replays
+    exactly) and its modelled time is multiplied by it: the simulator then sees both the
+    size-dependent mean and the spread of the real service times, which a deterministic
+    service time (one factor for every task) lacks, and which queueing grows with.
+    """
+
+    def __init__(
+        self, edges: Sequence[int], ratios: Sequence[Sequence[float]], seed: int = 0
+    ) -> None:
+        assert len(ratios) == len(edges) + 1, "one ratio list per bin"
+        assert list(edges) == sorted(set(edges)), "sorted, distinct edges"
+        assert all(len(r) >= 1 and min(r) > 0 for r in ratios), "positive ratios in every bin"
+        self.edges = tuple(int(e) for e in edges)
+        self.ratios = tuple(tuple(float(x) for x in r) for r in ratios)
+        self.seed = seed
+        self._rng = random.Random(seed)
+
+    @classmethod
+    def from_tasks(
+        cls,
+        tasks: Sequence[tuple[int, float]],
+        whole_s: Callable[[int], float],
+        bins: int = 4,
+        seed: int = 0,
+    ) -> ServiceNoise:
+        """From a real run's lane tasks `(rows, seconds)` and the cost model's prediction;
+        `bins` bins of about equal task counts by rows (fewer when the rows repeat)."""
+        assert bins >= 1
+        pairs = sorted((int(n), float(d) / whole_s(int(n))) for n, d in tasks if n >= 1 and d > 0)
+        if not pairs:
+            raise ValueError("service noise needs lane tasks with rows and a positive time")
+        edges: list[int] = []
+        for k in range(1, bins):
+            e = pairs[k * len(pairs) // bins - 1][0]
+            if (not edges or e > edges[-1]) and e < pairs[-1][0]:
+                edges.append(e)
+        groups: list[list[float]] = [[] for _ in range(len(edges) + 1)]
+        for n, r in pairs:
+            groups[bisect.bisect_left(edges, n)].append(r)
+        return cls(edges, groups, seed)
+
+    def factor(self, rows: int) -> float:
+        r = self.ratios[bisect.bisect_left(self.edges, rows)]
+        return r[self._rng.randrange(len(r))]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A summary per bin: its rows' upper edge, task count, median and p90 ratio."""
+        out = []
+        for i, r in enumerate(self.ratios):
+            s = sorted(r)
+            p90 = s[min(len(s) - 1, int(0.9 * len(s)))]
+            upto = self.edges[i] if i < len(self.edges) else None
+            out.append({"rows_upto": upto, "tasks": len(s), "median": s[len(s) // 2], "p90": p90})
+        return {"seed": self.seed, "bins": out}
+
+
 class DurationModel:
     """Solo duration and class of a task on one lane kind, from a cost model."""
 
@@ -150,10 +214,12 @@ class DurationModel:
         task_overhead_s: float = 0.0,
         dispatch_s: float | None = None,
         idle: IdleModel | None = None,
+        noise: ServiceNoise | None = None,
     ) -> None:
         assert cost is not None, "simulated lanes need a cost model"
         assert task_overhead_s >= 0
         self.idle = idle
+        self.noise = noise
         self.cost = cached(cost)
         self.graph_info = graph_info
         self.task_overhead_s = task_overhead_s
@@ -267,6 +333,8 @@ class NullLane:
             if w:
                 f *= 1.0 + (idle.ratio(n) - 1.0) * w
                 extra += idle.extra_s * w
+        if dm.noise is not None:
+            f *= dm.noise.factor(n)
         self.cur, self.cur_cls, self.cur_start = task, cls, now
         loop.at(now + base * f + extra, COMPLETE, self._finish_cb)
 

@@ -30,7 +30,7 @@ from recsched.metrics.report import cost_core_s_per_1k
 from recsched.sim.cluster import FAILED, OK, REJECTED, Cluster, ClusterRun
 from recsched.sim.front import FrontModel
 from recsched.sim.interference import InterferenceModel, resolve
-from recsched.sim.lanes import IdleModel
+from recsched.sim.lanes import IdleModel, ServiceNoise
 from recsched.sim.server import ServerType
 from recsched.types import PriorityClass
 from recsched.workload import Workload, generate, parse_arrivals, parse_classes, parse_sizes
@@ -125,6 +125,7 @@ def server_types(
     task_overhead_s: float = DEFAULT_TASK_OVERHEAD_S,
     policy_cost: Any = None,
     idle: IdleModel | None = None,
+    noise: ServiceNoise | None = None,
 ) -> list[ServerType]:
     """One `ServerType` per server: `accel_servers` of them CPU+accelerator, the rest CPU.
 
@@ -132,7 +133,8 @@ def server_types(
     lanes unless `accel_servers` says how many; CPU-only servers drop the threshold.
     `policy_cost` is the cost model the operator policy is given (default: `cost`); give it
     the engine's when the simulator must decide exactly as a real run would. `idle`: the CPU
-    lanes' slowdown after idling (`IdleModel.from_profile`).
+    lanes' slowdown after idling (`IdleModel.from_profile`). `noise`: trace-driven service
+    times (`ServiceNoise`; the exact fast path then does not apply).
     """
     assert servers >= 1
     inter = resolve(interference)
@@ -150,6 +152,7 @@ def server_types(
         "task_overhead_s": task_overhead_s,
         "policy_cost": policy_cost,
         "idle": idle,
+        "noise": noise,
     }
     out: list[ServerType] = []
     if n_accel:

@@ -25,7 +25,7 @@ from recsched.sched.operator import make_operator_policy
 from recsched.sched.request import RequestPolicy
 from recsched.sim.events import TIMER, EventLoop
 from recsched.sim.interference import DEFAULT, InterferenceModel
-from recsched.sim.lanes import DurationModel, IdleModel, NullLane, cached
+from recsched.sim.lanes import DurationModel, IdleModel, NullLane, ServiceNoise, cached
 from recsched.types import Batch, LaneKind, LaneResult, Query, Task
 
 # on_query(qid, done_s, error): a query finished (error None) or failed
@@ -49,7 +49,8 @@ class ServerType:
     `policy_cost` is what the operator policy is given (default: `cost`), as the engine's
     `cost=` argument. `task_overhead_s` is the engine's own cost per task (hand-off, gather,
     scatter) on top of the model's time (`accel_overhead_s` on accelerator lanes). `idle`
-    slows tasks that start on a lane that sat idle (`recsched.sim.lanes.IdleModel`).
+    slows tasks that start on a lane that sat idle (`recsched.sim.lanes.IdleModel`). `noise`
+    multiplies each CPU task by a measured ratio of its size (`recsched.sim.lanes.ServiceNoise`).
     """
 
     name: str
@@ -62,6 +63,7 @@ class ServerType:
     task_overhead_s: float = 0.0
     accel_overhead_s: float | None = None  # None: task_overhead_s
     idle: IdleModel | None = None  # CPU lanes' slowdown after idling (from the profile)
+    noise: ServiceNoise | None = None  # CPU lanes' trace-driven service-time spread
 
     def __post_init__(self) -> None:
         assert self.cost is not None, f"server type {self.name!r} needs a cost model"
@@ -87,7 +89,9 @@ class TypeState:
         cpu = cached(stype.cost)
         self.policy_cost = cached(stype.policy_cost) if stype.policy_cost is not None else cpu
         self.models = {
-            "cpu": DurationModel(cpu, stype.graph_info, stype.task_overhead_s, idle=stype.idle)
+            "cpu": DurationModel(
+                cpu, stype.graph_info, stype.task_overhead_s, idle=stype.idle, noise=stype.noise
+            )
         }
         if "accel" in self.kinds:
             over = stype.accel_overhead_s

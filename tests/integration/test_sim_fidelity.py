@@ -18,6 +18,7 @@ from recsched.sim import fidelity as fidelity_mod
 from recsched.sim.fidelity import (
     compare,
     fidelity,
+    handoff_s,
     in_run_scale,
     rel_error,
     run_loads,
@@ -53,6 +54,10 @@ def test_fidelity_errors_are_computed_at_three_loads(profile_path):
     assert [row["qps"] for row in r["loads"]] == [20.0, 40.0, 60.0]
     for row in r["loads"]:  # the real runs' lane tasks calibrated a second simulation
         assert row["in_run_scale"] > 0 and math.isfinite(row["error_in_run"]["p95"])
+        assert math.isfinite(row["error_in_run_noise"]["p95"])  # and drove a third one
+        assert 0 < row["in_run_task_overhead_s"] < 1e-3 or row["in_run_task_overhead_s"] == (
+            fidelity_mod.DEFAULT_TASK_OVERHEAD_S
+        )
         for p in ("p50", "p95", "p99"):
             assert row["real"][p] > 0 and row["sim"][p] > 0
             assert math.isfinite(row["error"][p])
@@ -317,11 +322,47 @@ def test_fidelity_in_run_calibrates_the_simulator_by_the_real_tasks(profile_path
     )  # fmt: skip
     assert seen == [20.0, 40.0]
     for row in r["loads"]:
+        assert row["in_run_task_overhead_s"] == fidelity_mod.DEFAULT_TASK_OVERHEAD_S  # no gaps
         assert row["in_run_scale"] == pytest.approx(3.0)
         assert row["sim_in_run"]["p50"] > 2.0 * row["sim"]["p50"]
         want = (row["sim_in_run"]["p95"] - 2.0) / 2.0
         assert row["error_in_run"]["p95"] == pytest.approx(want)
         assert "lane_tasks" not in row
     assert set(r["in_run"]) >= {"max_abs_error", "p95_within_goal"}
+    # trace-driven: every task drew 3x its prediction (one bin per size seen), as in-run
+    for row in r["loads"]:
+        assert row["sim_in_run_noise"]["p50"] == pytest.approx(row["sim_in_run"]["p50"])
+        assert [b["median"] for b in row["in_run_noise"]["bins"]] == pytest.approx([3.0] * 3)
+        assert math.isfinite(row["error_in_run_noise"]["p95"])
+    assert set(r["in_run_noise"]) >= {"max_abs_error", "p95_within_goal"}
     with pytest.raises(ValueError, match="sequential"):
         fidelity(MODEL, prof, [20.0], "opstream", real=real, in_run=True)
+
+
+def test_handoff_is_the_median_short_lane_gap():
+    gaps = [0.0004] * 15 + [0.0006] * 10 + [0.05] * 40  # idle gaps are left out
+    assert handoff_s(gaps, 1e-4) == 0.0004
+    assert handoff_s([0.0004] * 19 + [0.05] * 40, 1e-4) == 1e-4  # too few: the default
+
+
+def test_in_run_uses_the_real_runs_hand_off_as_the_task_overhead(profile_path):
+    """Real tasks at the profile's cost, but 2 ms of hand-off between them: the in-run
+    simulations charge it per task, so they run slower than the uncalibrated one."""
+    prof = json.loads(profile_path.read_text())
+    cost = fidelity_mod.make_cost(prof, "coarse")
+
+    def real(q: float) -> dict:
+        return {
+            "offered_qps": q, "latency_ms": {"p50": 1.0, "p95": 2.0, "p99": 3.0},
+            "lane_tasks": [[n, cost.whole_s(n)] for n in (1, 16, 100)],
+            "lane_gaps_s": [0.0009] * 30 + [0.2] * 5,
+        }  # fmt: skip
+
+    r = fidelity(
+        MODEL, prof, [20.0], "baseline", duration_s=0.5, seed=1, sla_ms=500.0,
+        sizes="fixed:64", real=real, in_run=True, interference="none", task_overhead_s=0.0,
+    )  # fmt: skip
+    row = r["loads"][0]
+    assert row["in_run_task_overhead_s"] == 0.0009
+    assert row["sim_in_run"]["p50"] > row["sim"]["p50"] + 0.8  # ms: the hand-off is charged
+    assert row["sim_in_run_noise"]["p50"] > row["sim"]["p50"] + 0.8

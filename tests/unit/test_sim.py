@@ -23,7 +23,7 @@ from recsched.sched.request import RequestPolicy
 from recsched.sim.cluster import REJECTED, Cluster, balancer_name
 from recsched.sim.events import ARRIVAL, COMPLETE, TIMER, EventLoop
 from recsched.sim.interference import DEFAULT, NONE, InterferenceModel, calibrate, resolve
-from recsched.sim.lanes import CachedCost, IdleModel
+from recsched.sim.lanes import CachedCost, IdleModel, ServiceNoise
 from recsched.sim.run import (
     _ColumnLog,
     make_workload,
@@ -270,6 +270,41 @@ def test_exact_trace_idle_lanes_start_slower():
     assert IdleModel.from_profile({"batch_sizes": [1]}) is None
 
 
+def test_exact_trace_service_noise_draws_a_ratio_of_the_tasks_size():
+    """Trace-driven service times: small tasks (<= 2 rows) draw 2x, larger ones 0.5x; the
+    lane's times follow exactly, and the fast path steps aside."""
+    noise = ServiceNoise([2], [[2.0], [0.5]])
+    st = stype(preset("baseline", lanes=1), noise=noise)
+    log, run, cl = run_trace([st], workload([0.0, 10.0], [2, 4]))
+    assert run.done_s.tolist() == [1.0, 10.5]  # 2 x 0.25 x 2, then 4 x 0.25 x 0.5
+    assert not cl.used_fast_path
+    cl2 = Cluster([st], "roundrobin", fast=None)
+    r2 = cl2.run(workload([0.0, 10.0], [2, 4]), "m", None)
+    assert r2.done_s.tolist() == [1.0, 10.5] and not cl2.used_fast_path
+    with pytest.raises(ValueError, match="noise"):
+        Cluster([st], "roundrobin", fast=True).run(workload([0.0], [1]), "m", None)
+
+
+def test_service_noise_from_tasks_bins_by_rows_and_replays_with_its_seed():
+    pred = 1e-3
+    tasks = [(n, pred * r) for n, r in [(1, 3.0), (1, 2.0), (10, 1.5), (10, 1.5), (100, 1.0),
+                                        (100, 1.2), (1000, 0.8), (1000, 0.9)]]  # fmt: skip
+    noise = ServiceNoise.from_tasks(tasks, lambda n: pred, bins=4, seed=3)
+    assert noise.edges == (1, 10, 100)
+    assert [sorted(r) for r in noise.ratios] == [[2.0, 3.0], [1.5, 1.5], [1.0, 1.2], [0.8, 0.9]]
+    assert noise.factor(1) in (2.0, 3.0) and noise.factor(5) == 1.5
+    assert noise.factor(50) in (1.0, 1.2) and noise.factor(5000) in (0.8, 0.9)
+    a = ServiceNoise.from_tasks(tasks, lambda n: pred, seed=7)
+    b = ServiceNoise.from_tasks(tasks, lambda n: pred, seed=7)
+    assert [a.factor(1) for _ in range(20)] == [b.factor(1) for _ in range(20)]
+    one = ServiceNoise.from_tasks([(64, 0.002)] * 5, lambda n: 0.001)  # one size: one bin
+    assert one.edges == () and one.factor(64) == pytest.approx(2.0)
+    d = noise.to_dict()
+    assert [b["tasks"] for b in d["bins"]] == [2, 2, 2, 2] and d["bins"][-1]["rows_upto"] is None
+    with pytest.raises(ValueError, match="lane tasks"):
+        ServiceNoise.from_tasks([], lambda n: pred)
+
+
 # -- offload to accelerator lanes --------------------------------------------------------------
 def test_accelerator_lanes_take_large_queries_with_their_own_costs():
     cfg = EngineConfig(request="whole", lanes=1, offload_threshold=100, accel_lanes=1)
@@ -513,3 +548,17 @@ def test_operator_policies_run_every_op_once_on_the_simulator(policy):
     assert ran >= len(batches)  # at least one task per batch
     srv.check_invariants()
     assert srv.core.outstanding() == 0 and not srv.sizes
+
+
+def test_lane_gaps_are_per_lane_from_end_to_next_start():
+    from recsched.bench.setup import lane_gaps_s
+
+    ev = [  # Chrome-trace "X" events, microseconds; lane 1 interleaved with lane 0
+        {"tid": 0, "ts": 0.0, "dur": 100.0},
+        {"tid": 1, "ts": 50.0, "dur": 500.0},
+        {"tid": 0, "ts": 400.0, "dur": 100.0},
+        {"tid": 1, "ts": 549.0, "dur": 10.0},  # starts 1 us before the last one ended
+        {"tid": 0, "ts": 150.0, "dur": 100.0},
+    ]
+    assert sorted(lane_gaps_s(ev)) == pytest.approx([0.0, 50e-6, 150e-6])
+    assert lane_gaps_s([]) == []
