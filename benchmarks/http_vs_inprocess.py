@@ -207,6 +207,31 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def server_stats(url: str, model: str) -> dict:
+    """The server's statistics extension (Triton's): cumulative count and ns per phase."""
+    with urllib.request.urlopen(f"{url}/v2/models/{model}/stats", timeout=10) as r:
+        return json.load(r)["model_stats"][0]["inference_stats"]
+
+
+def phases(s0: dict, s1: dict) -> dict[str, float]:
+    """Mean ms per request of each phase between two `server_stats` readings (queue =
+    admission, compute_input = body read + decode, compute_infer = the engine)."""
+    out = {}
+    for k in ("queue", "compute_input", "compute_infer", "compute_output"):
+        n = s1[k]["count"] - s0[k]["count"]
+        out[k] = (s1[k]["ns"] - s0[k]["ns"]) / max(n, 1) / 1e6
+    return out
+
+
+def cost_scale(url: str, model: str) -> float | None:
+    """Admission's online cost scale (measured engine time / the cost model's), from /metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("recsched_admission_cost_scale{") and f'model="{model}"' in line:
+                return round(float(line.rsplit(" ", 1)[1]), 3)
+    return None
+
+
 def pending(url: str, model: str) -> float:
     text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
     m = re.search(rf'nv_inference_pending_request_count{{model="{model}".*?}} (\S+)', text)
@@ -555,6 +580,7 @@ def main() -> None:
         "--wire-ids", default="int32", choices=["int32", "model"], help="index inputs' dtype"
     )
     ap.add_argument("--order", choices=["fifo", "size", "value"], help="the engine's queue order")
+    ap.add_argument("--opstream-options", help='JSON, e.g. \'{"gate_on": "waiting"}\'')
     ap.add_argument("--classes", help="priority classes for --overload-x")
     ap.add_argument("--overload-x", type=float, help="then offer K x the HTTP capacity")
     ap.add_argument("--light-x", type=float, help="and first L x capacity, the same mix")
@@ -578,6 +604,8 @@ def main() -> None:
 
     setup = Setup.make(a.model, a.scale, a.seed, None, sla_ms=a.sla_ms, sla_x=a.sla_x)
     cfg = setup.config(a.preset, lanes=a.lanes, **({"order": a.order} if a.order else {}))
+    if a.opstream_options:
+        cfg = cfg.replace(opstream={**cfg.opstream, **json.loads(a.opstream_options)})
     print(f"{a.model} {a.scale}, {a.preset}: {cfg.to_dict()}; SLA p95 <= {setup.sla_ms:.2f} ms")
     out: dict = {"model": a.model, "preset": a.preset, "config": cfg.to_dict(),
                  "sla_ms": setup.sla_ms, "cores": os.cpu_count(), "client": a.client,
@@ -624,11 +652,17 @@ def main() -> None:
             out["overload_classes"] = class_spec(over.classes)
             for key, x in (("light", a.light_x), ("overload", a.overload_x)):
                 if x:
+                    s0 = server_stats(url, a.model)
                     r = http_once(url, a.model, over, x * http_qps, a.overload_duration,
                                   a.client, proc.pid, a.wire_ids)  # fmt: skip
                     r["x_capacity"] = x
+                    r["server_phases"] = phases(s0, server_stats(url, a.model))
+                    r["cost_scale"] = cost_scale(url, a.model)
                     out[key] = r
                     show_classes(f"{key} {x:g}x capacity", r)
+                    print("      server phases, mean ms per request: " + ", ".join(
+                        f"{k} {v:.2f}" for k, v in r["server_phases"].items()
+                    ) + f"; admission cost scale {r['cost_scale']}")  # fmt: skip
     finally:
         stop_server(proc)
     if a.json:

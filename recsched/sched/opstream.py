@@ -75,6 +75,13 @@ class OpStreamOptions:
       lost).
     - `gate_ratio`: a batch is low-value when its value is at most the highest value seen
       (or `high_value`) divided by this.
+    - `gate_on`: when low-value work is held to `gate_lanes` lanes: `active` (default) while
+      any high-value batch is in flight, `waiting` only while a high-value op is ready and
+      not issued (rarely, since a ready high-value op takes a free lane first: in effect the
+      lane limit is off). Low-value pieces stay within `gate_s` while high-value work is in
+      flight either way. Under 2x overload through the server, `active` held low-value work
+      to one lane of two much of the time; `waiting` had the lower high-value p99 there in
+      four runs each, within a noisy spread (BENCHMARKS.md, the HTTP server's overload).
     - `live_slack`: slack from the *remaining* critical path (least-slack-first). Off by
       default: batches that progressed would lose priority to fresh ones, and the tail grows
       (measured); the slack uses the batch's whole critical path (latest start time).
@@ -99,6 +106,7 @@ class OpStreamOptions:
     gate_frac: float = 0.2
     gate_lanes: int | None = None
     gate_ratio: float = 2.0
+    gate_on: str = "active"
     high_value: float | None = None
     min_piece_rows: int = 8
     piece_overhead: float = 0.25
@@ -128,6 +136,7 @@ class OpStreamOptions:
         assert min(self.chain_frac, self.split_frac, self.gate_frac) >= 0
         assert self.gate_lanes is None or self.gate_lanes >= 0
         assert self.gate_ratio >= 1 and self.min_piece_rows >= 1 and self.candidates >= 1
+        assert self.gate_on in ("active", "waiting"), "gate_on is active or waiting"
         assert 0 < self.piece_overhead <= 1 and 0 < self.parallel_efficiency <= 1
         assert 0 < self.calib_alpha <= 1 and self.w_interference >= 0 and self.cross_s >= 0
         self.weights()  # checks the priority weights
@@ -751,6 +760,12 @@ class OpStream(DagPolicy):
     def high_active(self, kind: LaneKind) -> bool:
         return any(v * self.o.gate_ratio > self.max_value for v in self.values[kind])
 
+    def high_waiting(self, kind: LaneKind) -> bool:
+        """A high-value batch of `kind` has an op ready and not issued."""
+        if not self.high_active(kind):
+            return False
+        return any(d.ready and d.kind == kind and not d.low for d in self.dags.values())
+
     # -- hooks ---------------------------------------------------------------------------
     def on_add(self, dag: BatchDag, now: float) -> None:
         v = dag.batch.value
@@ -820,8 +835,12 @@ class OpStream(DagPolicy):
         return max(1, n - 1) if self.o.gate_lanes is None else self.o.gate_lanes
 
     def _admissible(self, dag: BatchDag, kind: LaneKind) -> bool:
-        """Gating: while high-value work is active, low-value work holds few lanes."""
-        if not (self.o.gating and dag.low and self.high_active(kind)):
+        """Gating: while high-value work is active (or waiting, `gate_on`), low-value work
+        holds few lanes."""
+        if not (self.o.gating and dag.low):
+            return True
+        high = self.high_waiting(kind) if self.o.gate_on == "waiting" else self.high_active(kind)
+        if not high:
             return True
         return self.monitor.low_lanes(self.lanes[kind]) < self._gate_lanes(kind)
 

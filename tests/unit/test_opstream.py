@@ -180,6 +180,33 @@ def test_low_value_work_is_gated_while_high_value_is_active(gating, low_tasks):
     assert len(more) == 3 - low_tasks
 
 
+@pytest.mark.parametrize("gate_on, low_tasks", [("active", 0), ("waiting", 2)])
+def test_gate_on_waiting_gates_only_while_high_value_work_waits(gate_on, low_tasks):
+    """gate_lanes=0: under `active` low-value work waits while the high-value batch runs;
+    under `waiting` it takes the free lanes once no high-value op waits for one, and is
+    gated again when a high-value op is ready with no lane free."""
+    p = OpStream(
+        ["cpu"] * 3,
+        FakeCost([1 * MS]),
+        SINGLE,
+        opts(gate_on=gate_on, gate_lanes=0, splitting=False),
+    )
+    p.add(batch(0, value=10.0), 0.0)
+    for b in (1, 2, 3):
+        p.add(batch(b, value=1.0), 0.0)
+    tasks = p.schedule(0.0)
+    assert tasks[0].bid == 0 and sum(t.bid != 0 for t in tasks) == low_tasks
+    if gate_on == "waiting":  # every lane busy; a new high-value batch now waits
+        p.add(batch(4, value=10.0), 0.1 * MS)
+        assert p.schedule(0.1 * MS) == []
+        low = next(t for t in tasks if t.bid != 0)
+        p.update([done(low, 0.0, 1 * MS)], 1 * MS)
+        nxt = p.schedule(1 * MS)
+        assert [t.bid for t in nxt] == [4]  # the freed lane goes to it, not to batch 3
+    with pytest.raises(AssertionError, match="gate_on"):
+        opts(gate_on="sometimes")
+
+
 # ------------------------------------------------------------------------------ splitting
 
 
@@ -209,10 +236,14 @@ def test_long_low_value_op_is_split_into_pieces_that_cover_the_rows_once():
     assert p.queued() == 0
 
 
-def test_gated_low_value_pieces_are_smaller_while_high_value_is_active():
+@pytest.mark.parametrize("gate_on", ["active", "waiting"])
+def test_gated_low_value_pieces_are_smaller_while_high_value_is_active(gate_on):
+    """Under either `gate_on`, low-value pieces stay within `gate_s` while high-value work
+    is in flight."""
     cost = FakeCost([0.0, 0.0], [0.1 * MS, 0.1 * MS])
     g = graph(((), "memory"), ((0,), "compute"))
-    p = OpStream(["cpu", "cpu"], cost, g, opts(split_s=2 * MS, gate_s=0.5 * MS, min_piece_rows=1))
+    o = opts(split_s=2 * MS, gate_s=0.5 * MS, min_piece_rows=1, gate_on=gate_on)
+    p = OpStream(["cpu", "cpu"], cost, g, o)
     p.add(batch(0, n=1, value=10.0), 0.0)
     p.add(batch(1, n=100, value=1.0), 0.0)
     tasks = p.schedule(0.0)
