@@ -80,8 +80,9 @@ class OpStreamOptions:
       not issued (rarely, since a ready high-value op takes a free lane first: in effect the
       lane limit is off). Low-value pieces stay within `gate_s` while high-value work is in
       flight either way. Under 2x overload through the server, `active` held low-value work
-      to one lane of two much of the time; `waiting` had the lower high-value p99 there in
-      four runs each, within a noisy spread (BENCHMARKS.md, the HTTP server's overload).
+      to one lane of two much of the time; `waiting` had the lower median high-value p99
+      there (62 against 114 ms, four runs each, a noisy spread; BENCHMARKS.md, the HTTP
+      server's overload).
     - `live_slack`: slack from the *remaining* critical path (least-slack-first). Off by
       default: batches that progressed would lose priority to fresh ones, and the tail grows
       (measured); the slack uses the batch's whole critical path (latest start time).
