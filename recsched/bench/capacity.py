@@ -3,13 +3,16 @@
 Search on the offered rate by open-loop runs: bracket (double or halve from a start), then
 bisect geometrically until the bracket is within `rel_tol`. The run function is injected, so
 the same search drives the real engine, the simulator, or a synthetic surface in a test.
-On a noisy machine, `confirm` makes each verdict the majority of repeated runs at one rate.
+On a noisy machine, `confirm` makes each verdict the majority of repeated runs at one rate,
+and `Turns` lets several searches (one per preset) take turns run by run, so that a slow
+spell of the machine lands on all of them alike instead of on whichever ran then.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 RunFn = Callable[[float], dict]
@@ -107,6 +110,49 @@ def find_capacity(
         else:
             hi = q
     return out
+
+
+class Turns:
+    """Round-robin turns among named searches, each in its own thread: a wrapped run waits
+    for its name's turn, runs alone, then passes the turn to the next name still searching.
+    `done(name)` takes a finished (or failed) search out of the cycle."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        assert names and len(set(names)) == len(names), "distinct names"
+        self.order = list(names)
+        self.current: str | None = self.order[0]
+        self.log: list[str] = []  # names in the order their runs were made
+        self._cv = threading.Condition()
+
+    def wrap(self, name: str, run: RunFn) -> RunFn:
+        assert name in self.order, name
+
+        def turn(q: float) -> dict:
+            with self._cv:
+                self._cv.wait_for(lambda: self.current == name)
+                self.log.append(name)
+            try:
+                return run(q)
+            finally:
+                with self._cv:
+                    self._advance(name)
+                    self._cv.notify_all()
+
+        return turn
+
+    def done(self, name: str) -> None:
+        with self._cv:
+            if name in self.order:
+                if self.current == name:
+                    self._advance(name)
+                self.order.remove(name)
+                if not self.order:
+                    self.current = None
+                self._cv.notify_all()
+
+    def _advance(self, name: str) -> None:
+        i = self.order.index(name)
+        self.current = self.order[(i + 1) % len(self.order)]
 
 
 def capacity_result(

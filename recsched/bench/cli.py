@@ -294,6 +294,13 @@ def compare_cmd(
     seed: SeedOpt = 0,
     sim: SimOpt = False,
     confirm: ConfirmOpt = 0,
+    interleave: Annotated[
+        bool,
+        typer.Option(
+            help="Real engine: the presets' capacity searches take turns run by run, so the "
+            "machine's slow spells land on all of them alike (after any tuning)."
+        ),
+    ] = True,
     json_path: JsonOpt = None,
 ) -> None:
     """Capacity of each preset on the same workload seed, side by side."""
@@ -301,10 +308,14 @@ def compare_cmd(
 
     s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile, sim)
     names = [p.strip() for p in presets.split(",") if p.strip()]
-    caps = {}
-    for name in names:
-        console.rule(f"[bold]{name}")
-        caps[name] = s.capacity(name, duration, log=_log, confirm=confirm)
+    if interleave and not sim and len(names) > 1:
+        console.rule(f"[bold]{', '.join(names)}, interleaved")
+        caps = s.capacities(names, duration, log=_log, confirm=confirm)
+    else:
+        caps = {}
+        for name in names:
+            console.rule(f"[bold]{name}")
+            caps[name] = s.capacity(name, duration, log=_log, confirm=confirm)
     base = caps[names[0]]["latency_bounded_qps"] or float("nan")
     r = {
         "model": model,

@@ -10,12 +10,13 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from recsched.bench import calibrate
-from recsched.bench.capacity import capacity_result, find_capacity
+from recsched.bench.capacity import Turns, capacity_result, find_capacity
 from recsched.bench.run import InputPool, LoadSpec, bench_once
 from recsched.config import EngineConfig, preset
 from recsched.metrics.trace import TraceRecorder
@@ -201,10 +202,58 @@ class Setup:
     ) -> dict:
         """Latency-bounded throughput of a preset (bracket and bisect on the offered rate;
         `confirm` as in `find_capacity`)."""
+        run, start = self._prepare(name, duration_s, log, **overrides)
+        return self._search(name, run, start, log, confirm)
+
+    def capacities(
+        self,
+        names: Sequence[str],
+        duration_s: float = 3.0,
+        log: Log | None = None,
+        *,
+        confirm: int = 0,
+        interleave: bool = True,
+    ) -> dict[str, dict]:
+        """`capacity` of several presets. With `interleave` (real engine, two or more), their
+        searches take turns run by run (`capacity.Turns`; one run at a time, each search in
+        its own thread), so the machine's slow spells land on every preset alike; their
+        configurations (tuning included) and start rates are settled first, in order."""
+        if not interleave or self.sim or len(names) < 2:
+            return {n: self.capacity(n, duration_s, log, confirm=confirm) for n in names}
+        prepared = {n: self._prepare(n, duration_s, log) for n in names}
+        turns = Turns(list(names))
+        results: dict[str, dict] = {}
+        errors: dict[str, BaseException] = {}
+
+        def search(name: str) -> None:
+            run, start = prepared[name]
+            try:
+                results[name] = self._search(name, turns.wrap(name, run), start, log, confirm)
+            except BaseException as exc:  # re-raised below, after the others finish
+                errors[name] = exc
+            finally:
+                turns.done(name)
+
+        threads = [threading.Thread(target=search, args=(n,), name=f"capacity-{n}") for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise next(iter(errors.values()))
+        return {n: results[n] for n in names}
+
+    def _prepare(
+        self, name: str, duration_s: float, log: Log | None, **overrides: Any
+    ) -> tuple[Callable[[float], dict], float]:
+        """A preset's run function and the search's start rate (tuning it if it is tuned)."""
         assert self.sla_ms is not None, "capacity needs an SLA"
         cfg = self.config(name, log, **overrides)
-        run = self.run_fn(cfg, name, duration_s)
+        return self.run_fn(cfg, name, duration_s), self.start_qps(cfg)
 
+    def _search(
+        self, name: str, run: Callable[[float], dict], start: float, log: Log | None, confirm: int
+    ) -> dict:
         def on_run(r: dict) -> None:
             if log is not None:
                 lat = r["latency_ms"]
@@ -216,9 +265,8 @@ class Setup:
 
         # confirming runs come out of the same budget: give them room (12 runs without)
         search = find_capacity(
-            run, start_qps=self.start_qps(cfg), on_run=on_run, confirm=confirm,
-            max_runs=12 + 4 * confirm,
-        )  # fmt: skip
+            run, start_qps=start, on_run=on_run, confirm=confirm, max_runs=12 + 4 * confirm
+        )
         peak = calibrate.peak(self.adapter)["peak_items_per_s"] if not self.sim else None
         return capacity_result(
             search, model=self.adapter.name, preset=name, sla_ms=self.sla_ms,

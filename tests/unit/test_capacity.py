@@ -188,3 +188,87 @@ def test_best_is_a_passing_run_at_the_final_rate():
         assert s.best["sla_met"] and s.best["offered_qps"] == s.qps
         assert s.best is next(r for r in s.runs if r["offered_qps"] == s.qps and r["sla_met"])
         assert 2 * sum(s.verdicts[s.qps]) > len(s.verdicts[s.qps])
+
+
+def test_turns_interleave_searches_run_by_run_with_the_results_of_running_them_alone():
+    """Three searches in threads: runs alternate a, b, c, a, b, c, ... while all search, never
+    two at once; each search ends where it would alone; a failing search leaves the cycle."""
+    import threading
+
+    from recsched.bench.capacity import Turns
+
+    caps = {"a": 100.0, "b": 30.0, "c": 7.0}
+    alone = {
+        n: find_capacity(surface(c)[0], start_qps=10.0, max_runs=12).qps for n, c in caps.items()
+    }
+    turns = Turns(list(caps))
+    running = []
+    got: dict[str, float] = {}
+
+    def search(name: str) -> None:
+        run, _ = surface(caps[name])
+
+        def tracked(q: float) -> dict:
+            running.append(name)
+            assert len(running) == 1, "two runs at once"
+            try:
+                return run(q)
+            finally:
+                running.pop()
+
+        try:
+            got[name] = find_capacity(turns.wrap(name, tracked), start_qps=10.0, max_runs=12).qps
+        finally:
+            turns.done(name)
+
+    threads = [threading.Thread(target=search, args=(n,)) for n in caps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert got == alone
+    log = turns.log
+    assert log[:6] == ["a", "b", "c", "a", "b", "c"]
+    for i in range(1, len(log)):  # no name twice in a row while another still searches
+        if log[i] == log[i - 1]:
+            assert all(n == log[i] for n in log[i:]), log
+    assert turns.current is None and turns.order == []
+
+    t2 = Turns(["x", "y"])
+    t2.done("x")  # a search that failed before its first run
+    assert t2.wrap("y", lambda q: {"q": q})(1.0) == {"q": 1.0} and t2.current == "y"
+
+
+def test_setup_capacities_interleaves_presets_and_reraises_a_failure(monkeypatch):
+    """`Setup.capacities` on stand-in run functions (no engine): each preset's result is its
+    own search's, the runs alternate between presets, and a preset whose run raises fails
+    the call only after the others have finished."""
+    from recsched.bench import setup as setup_mod
+    from recsched.bench.setup import Setup
+    from recsched.config import preset
+
+    s = Setup.make("ncf", sla_ms=10.0)
+    caps = {"baseline": 100.0, "dynamic": 30.0}
+    order: list[str] = []
+
+    def run_fn(cfg, name, duration_s, trace=False):
+        def run(q: float) -> dict:
+            order.append(name)
+            if name == "broken":
+                raise RuntimeError("lane on fire")
+            return {"offered_qps": q, "sla_met": q <= caps[name], "latency_ms": {"p99": 1.0}}
+
+        return run
+
+    monkeypatch.setattr(s, "config", lambda name, log=None, **kw: preset("baseline"))
+    monkeypatch.setattr(s, "run_fn", run_fn)
+    monkeypatch.setattr(s, "start_qps", lambda cfg: 10.0)
+    monkeypatch.setattr(setup_mod.calibrate, "peak", lambda ad: {"peak_items_per_s": 1e3})
+    out = s.capacities(list(caps), 1.0)
+    for name, cap in caps.items():
+        assert cap / 1.05 <= out[name]["latency_bounded_qps"] <= cap
+    assert order[:4] == ["baseline", "dynamic", "baseline", "dynamic"]
+    order.clear()
+    with pytest.raises(RuntimeError, match="lane on fire"):
+        s.capacities(["baseline", "broken"], 1.0)
+    assert order.count("broken") == 1 and order.count("baseline") > 3  # baseline finished
