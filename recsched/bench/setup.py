@@ -234,7 +234,10 @@ class Setup:
             finally:
                 turns.done(name)
 
-        threads = [threading.Thread(target=search, args=(n,), name=f"capacity-{n}") for n in names]
+        threads = [  # daemon: Ctrl-C in the main thread ends the command
+            threading.Thread(target=search, args=(n,), name=f"capacity-{n}", daemon=True)
+            for n in names
+        ]
         for t in threads:
             t.start()
         for t in threads:
