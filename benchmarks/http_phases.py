@@ -16,7 +16,6 @@ import asyncio
 import importlib.util
 import json
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +54,6 @@ def main() -> None:
                             admission="predicted", reserve=0.25, window=None,
                             wire_ids="int32")  # fmt: skip
     out: dict = {"model": a.model, "config": cfg.to_dict()}
-    url_stats = f"/v2/models/{a.model}/stats"
-
-    def stats(url: str) -> dict:
-        st = json.loads(urllib.request.urlopen(url + url_stats).read())
-        st = st["model_stats"][0]["inference_stats"]
-        return {
-            k: (v["ns"], v["count"]) for k, v in st.items() if isinstance(v, dict) and "ns" in v
-        }
 
     proc, url = hb.start_server(ns, cfg, None, 25.0)
     try:
@@ -86,11 +77,9 @@ def main() -> None:
         out["http_alone_ms"] = hb.run_async(one_at_a_time())
         phases = []
         for q in (float(x) for x in a.rates.split(",")):
-            s0 = stats(url)
+            s0 = hb.server_stats(url, a.model)
             r = hb.http_once(url, a.model, setup, q, a.duration, "raw", proc.pid)
-            s1 = stats(url)
-            ph = {k: (s1[k][0] - s0[k][0]) / (s1[k][1] - s0[k][1]) / 1e6
-                  for k in s1 if s1[k][1] > s0[k][1]}  # fmt: skip
+            ph = hb.phases(s0, hb.server_stats(url, a.model), keys=None)
             lat = r["latency_ms"]
             phases.append({"qps": q, "client_p50_ms": lat["p50"], "client_p95_ms": lat["p95"],
                            "server_mean_ms": ph})  # fmt: skip

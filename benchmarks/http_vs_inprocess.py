@@ -213,11 +213,20 @@ def server_stats(url: str, model: str) -> dict:
         return json.load(r)["model_stats"][0]["inference_stats"]
 
 
-def phases(s0: dict, s1: dict) -> dict[str, float]:
+PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def phases(s0: dict, s1: dict, keys: tuple[str, ...] | None = PHASES) -> dict[str, float]:
     """Mean ms per request of each phase between two `server_stats` readings (queue =
-    admission, compute_input = body read + decode, compute_infer = the engine)."""
+    admission, compute_input = body read + decode, compute_infer = the engine); `keys=None`:
+    every statistic whose count grew."""
+    if keys is None:
+        keys = tuple(
+            k for k, v in s1.items()
+            if isinstance(v, dict) and "ns" in v and v["count"] > s0[k]["count"]
+        )  # fmt: skip
     out = {}
-    for k in ("queue", "compute_input", "compute_infer", "compute_output"):
+    for k in keys:
         n = s1[k]["count"] - s0[k]["count"]
         out[k] = (s1[k]["ns"] - s0[k]["ns"]) / max(n, 1) / 1e6
     return out
