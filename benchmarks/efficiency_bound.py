@@ -31,6 +31,7 @@ import numpy as np
 from recsched.bench import calibrate
 from recsched.bench.capacity import find_capacity
 from recsched.bench.setup import Setup, default_lanes
+from recsched.server.predict import whole_s_from_profile
 from recsched.sim.run import lane_profile, scaled_profile, simulate
 from recsched.workload.sizes import parse_sizes
 
@@ -50,10 +51,6 @@ def ideal_profile(profile: dict, peak: dict, lanes: int, threads: int) -> dict:
         for b, v in zip(out["batch_sizes"], out["whole_ms"], strict=True)
     ]
     return out
-
-
-def ideal_ms(profile: dict, items: np.ndarray) -> np.ndarray:
-    return np.interp(items, profile["batch_sizes"], profile["whole_ms"])
 
 
 def main() -> None:
@@ -136,6 +133,7 @@ def main() -> None:
         _write(a.json, out)
         return
     kw = parse(a.real_config)
+    ideal_whole_s = whole_s_from_profile(ideal)  # the simulator's interpolation
     run = s.run_fn(s.config("baseline", **kw), a.real_config, a.real_seconds, trace=True)
     print(f"\nreal {a.real_config}: lane tasks against the peak's cost of the same batch size")
     inflations = []
@@ -143,7 +141,7 @@ def main() -> None:
         r = run(q)
         tasks = np.array(r.pop("lane_tasks"))
         real_s, items = tasks[:, 1], tasks[:, 0]
-        want_s = ideal_ms(ideal, items) / 1e3
+        want_s = np.array([ideal_whole_s(int(n)) for n in items])
         infl = float(real_s.sum() / want_s.sum())
         inflations.append(infl)
         bins = {}
