@@ -378,26 +378,29 @@ def fidelity(
     if in_run:
         if not isinstance(profile, dict):
             raise ValueError("in-run calibration rescales a profile dict, not a cost object")
-        for row in rows:
-            f = _median(scales[float(row["qps"])])
-            over = handoff_s(gap_lists.get(float(row["qps"]), []), task_overhead_s)
-            p = scaled_profile(profile, f)
+
+        def in_run_sim(row: dict, cost_model: Any, over: float, noise: Any = None) -> dict:
+            """The simulator against `row`'s real runs, interference and idle model off (the
+            measured task times hold both), the real hand-off `over` per task."""
             t = server_types(
-                cfg, make_cost(p, cfg.granularity, graph_info), 1, graph_info=graph_info,
-                interference="none", task_overhead_s=over, policy_cost=policy_cost,
-            )  # fmt: skip
-            s = sim_run_fn(setup, cfg, name, duration_s, types=t)(float(row["qps"]))
-            c = compare(_as_real(row), s)
-            row["in_run_scale"] = f
-            row["in_run_task_overhead_s"] = over
-            row["sim_in_run"], row["error_in_run"] = c["sim"], c["error"]
-            noise = ServiceNoise.from_tasks(task_lists[float(row["qps"])], cost.whole_s, seed=seed)
-            t = server_types(
-                cfg, cost, 1, graph_info=graph_info, interference="none",
+                cfg, cost_model, 1, graph_info=graph_info, interference="none",
                 task_overhead_s=over, policy_cost=policy_cost, noise=noise,
             )  # fmt: skip
             s = sim_run_fn(setup, cfg, name, duration_s, types=t)(float(row["qps"]))
-            c = compare(_as_real(row), s)
+            return compare(_as_real(row), s)
+
+        for row in rows:
+            q = float(row["qps"])
+            f = _median(scales[q])
+            over = handoff_s(gap_lists.get(q, []), task_overhead_s)
+            c = in_run_sim(
+                row, make_cost(scaled_profile(profile, f), cfg.granularity, graph_info), over
+            )
+            row["in_run_scale"] = f
+            row["in_run_task_overhead_s"] = over
+            row["sim_in_run"], row["error_in_run"] = c["sim"], c["error"]
+            noise = ServiceNoise.from_tasks(task_lists[q], cost.whole_s, seed=seed)
+            c = in_run_sim(row, cost, over, noise)
             row["in_run_noise"] = noise.to_dict()
             row["sim_in_run_noise"], row["error_in_run_noise"] = c["sim"], c["error"]
         extra["in_run"] = summarize([{"error": r["error_in_run"]} for r in rows])
