@@ -158,18 +158,19 @@ def test_crossing_lanes_costs_per_producer():
 # ------------------------------------------------------------------------------ gating
 
 
-@pytest.mark.parametrize("gating, low_tasks", [(True, 1), (False, 2)])
-def test_low_value_work_is_gated_while_high_value_is_active(gating, low_tasks):
-    p = OpStream(
-        ["cpu"] * 3,
-        FakeCost([1 * MS]),
-        SINGLE,
-        opts(gating=gating, gate_lanes=1, splitting=False),
-    )
+def one_high_three_low(**o) -> tuple[OpStream, list[Task]]:
+    """Three lanes, one 1 ms op per batch: high-value batch 0 and low-value batches 1-3 at
+    t=0, scheduled once (no splitting); the policy and the tasks it issued."""
+    p = OpStream(["cpu"] * 3, FakeCost([1 * MS]), SINGLE, opts(splitting=False, **o))
     p.add(batch(0, value=10.0), 0.0)
     for b in (1, 2, 3):
         p.add(batch(b, value=1.0), 0.0)
-    tasks = p.schedule(0.0)
+    return p, p.schedule(0.0)
+
+
+@pytest.mark.parametrize("gating, low_tasks", [(True, 1), (False, 2)])
+def test_low_value_work_is_gated_while_high_value_is_active(gating, low_tasks):
+    p, tasks = one_high_three_low(gating=gating, gate_lanes=1)
     assert tasks[0].bid == 0
     assert sum(t.bid != 0 for t in tasks) == low_tasks
     assert p.idle_lanes("cpu") == 0  # gated work is still waiting: not idle
@@ -183,18 +184,9 @@ def test_low_value_work_is_gated_while_high_value_is_active(gating, low_tasks):
 @pytest.mark.parametrize("gate_on, low_tasks", [("active", 0), ("waiting", 2)])
 def test_gate_on_waiting_gates_only_while_high_value_work_waits(gate_on, low_tasks):
     """gate_lanes=0: under `active` low-value work waits while the high-value batch runs;
-    under `waiting` it takes the free lanes once no high-value op waits for one, and is
-    gated again when a high-value op is ready with no lane free."""
-    p = OpStream(
-        ["cpu"] * 3,
-        FakeCost([1 * MS]),
-        SINGLE,
-        opts(gate_on=gate_on, gate_lanes=0, splitting=False),
-    )
-    p.add(batch(0, value=10.0), 0.0)
-    for b in (1, 2, 3):
-        p.add(batch(b, value=1.0), 0.0)
-    tasks = p.schedule(0.0)
+    under `waiting` it takes the free lanes once no high-value op waits for one, and a
+    high-value batch that arrives with every lane busy takes the next lane that frees."""
+    p, tasks = one_high_three_low(gate_on=gate_on, gate_lanes=0)
     assert tasks[0].bid == 0 and sum(t.bid != 0 for t in tasks) == low_tasks
     if gate_on == "waiting":  # every lane busy; a new high-value batch now waits
         p.add(batch(4, value=10.0), 0.1 * MS)
