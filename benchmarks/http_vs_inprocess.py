@@ -241,6 +241,53 @@ def cost_scale(url: str, model: str) -> float | None:
     return None
 
 
+def lane_seconds(url: str, model: str) -> dict[str, dict[str, float]]:
+    """Per lane: seconds it held a task (`busy`) and its thread's CPU meanwhile (`cpu`)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, dict[str, float]] = {}
+    for key, labels, v in re.findall(r"recsched_lane_(busy|cpu)_seconds_total{(.*?)} (\S+)", text):
+        lab = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if lab.get("model") == model:
+            out.setdefault(lab["lane"], {})[key] = float(v)
+    return out
+
+
+def lane_stall(l0: dict, l1: dict) -> dict[str, dict[str, float]]:
+    """Between two `lane_seconds` readings, per lane: busy and CPU seconds and the share of
+    busy time the lane's thread did not run (waiting for the GIL or a core)."""
+    out = {}
+    for lane, v1 in l1.items():
+        v0 = l0.get(lane, {"busy": 0.0, "cpu": 0.0})
+        busy, cpu = v1["busy"] - v0["busy"], v1["cpu"] - v0["cpu"]
+        out[lane] = {"busy_s": busy, "cpu_s": cpu, "stall": 1.0 - cpu / busy if busy else 0.0}
+    return out
+
+
+def thread_sched(pid: int) -> dict[int, tuple[float, float]]:
+    """Per thread of `pid`: (seconds on a CPU, seconds runnable but waiting for a core),
+    from /proc/PID/task/TID/schedstat."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                run_ns, wait_ns, _ = f.read().split()
+        except (OSError, ValueError):
+            continue  # the thread ended
+        out[int(tid)] = (int(run_ns) / 1e9, int(wait_ns) / 1e9)
+    return out
+
+
+def thread_waits(t0: dict, t1: dict, min_cpu_s: float = 0.05) -> dict[str, dict[str, float]]:
+    """Between two `thread_sched` readings, threads that ran at least `min_cpu_s`."""
+    out = {}
+    for tid, (run1, wait1) in t1.items():
+        run0, wait0 = t0.get(tid, (0.0, 0.0))
+        if run1 - run0 >= min_cpu_s:
+            out[str(tid)] = {"cpu_s": run1 - run0, "runqueue_wait_s": wait1 - wait0}
+    return out
+
+
 def pending(url: str, model: str) -> float:
     text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
     m = re.search(rf'nv_inference_pending_request_count{{model="{model}".*?}} (\S+)', text)
@@ -662,16 +709,27 @@ def main() -> None:
             for key, x in (("light", a.light_x), ("overload", a.overload_x)):
                 if x:
                     s0 = server_stats(url, a.model)
+                    l0, t0 = lane_seconds(url, a.model), thread_sched(proc.pid)
                     r = http_once(url, a.model, over, x * http_qps, a.overload_duration,
                                   a.client, proc.pid, a.wire_ids)  # fmt: skip
                     r["x_capacity"] = x
                     r["server_phases"] = phases(s0, server_stats(url, a.model))
                     r["cost_scale"] = cost_scale(url, a.model)
+                    r["lanes"] = lane_stall(l0, lane_seconds(url, a.model))
+                    r["threads"] = thread_waits(t0, thread_sched(proc.pid))
+                    r["threads"]["loop"] = r["threads"].pop(str(proc.pid), {})
                     out[key] = r
                     show_classes(f"{key} {x:g}x capacity", r)
                     print("      server phases, mean ms per request: " + ", ".join(
                         f"{k} {v:.2f}" for k, v in r["server_phases"].items()
                     ) + f"; admission cost scale {r['cost_scale']}")  # fmt: skip
+                    print("      lanes, share of busy time not running: " + ", ".join(
+                        f"{k} {v['stall']:.2f} of {v['busy_s']:.1f} s"
+                        for k, v in r["lanes"].items()
+                    ) + "; threads' CPU / runqueue wait s: " + ", ".join(
+                        f"{k} {v['cpu_s']:.1f}/{v['runqueue_wait_s']:.1f}"
+                        for k, v in r["threads"].items() if v
+                    ))  # fmt: skip
     finally:
         stop_server(proc)
     if a.json:

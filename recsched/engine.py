@@ -449,7 +449,13 @@ class Engine:
             "failed": self.failed,
             "pending": self.pending(),
             "lanes": [
-                {"lane": s.lane, "kind": s.kind, "busy_s": s.busy_s, "tasks": s.tasks}
+                {
+                    "lane": s.lane,
+                    "kind": s.kind,
+                    "busy_s": s.busy_s,
+                    "cpu_s": s.cpu_s,
+                    "tasks": s.tasks,
+                }
                 for s in (lane.stats for lane in self.lanes)
             ],
         }

@@ -129,10 +129,16 @@ class QueryResult:
 
 @dataclass(slots=True)
 class LaneStats:
-    """Busy time accounting of one lane, for utilization and cost."""
+    """Busy time accounting of one lane, for utilization and cost.
+
+    `cpu_s`: CPU time of the lane's own thread while it held a task (CPU lanes; with one
+    intra-op thread, the task's compute). `busy_s - cpu_s` is time a task held the lane
+    without running: waiting for the GIL or for a core.
+    """
 
     lane: int
     kind: LaneKind = "cpu"
     busy_s: float = 0.0
     tasks: int = 0
+    cpu_s: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)

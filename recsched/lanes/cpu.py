@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import traceback
 
 import torch
@@ -86,12 +87,14 @@ class CpuLane:
             self._loop(clock)
 
     def _loop(self, clock: Clock) -> None:
+        thread_time = time.thread_time  # ~1 us a call: the lane thread's own CPU
         while True:
             item = self._q.get()
             if item is _STOP:
                 return
             task, work = item
             start = clock.now()
+            cpu0 = thread_time()
             self.current, self.current_since = task, start
             error = None
             try:
@@ -99,10 +102,12 @@ class CpuLane:
             except Exception as exc:  # reported to the engine, which fails the batch's queries
                 error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
             end = clock.now()
+            cpu = thread_time() - cpu0
             self.current, self.current_since = None, None
             with self._lock:
                 if self._pending.pop(task.tid, None) is None:
                     return  # abandoned meanwhile: the engine has already failed this task
             self.stats.busy_s += end - start
+            self.stats.cpu_s += cpu
             self.stats.tasks += 1
             self.on_done(LaneResult(task.tid, task.bid, self.index, start, end, error))

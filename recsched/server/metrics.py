@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 LATENCY_BUCKETS_S = (
@@ -122,6 +122,15 @@ class EngineCollector:
         alive = GaugeMetricFamily(
             "recsched_lane_alive", "1 if the lane's worker is alive", labels=["model", "lane"]
         )
+        busy = CounterMetricFamily(
+            "recsched_lane_busy_seconds", "Seconds a lane held a task", labels=["model", "lane"]
+        )
+        cpu = CounterMetricFamily(
+            "recsched_lane_cpu_seconds",
+            "CPU seconds of a lane's thread while it held a task (busy - cpu: waiting for the "
+            "GIL or a core)",
+            labels=["model", "lane"],
+        )
         pending = GaugeMetricFamily(
             "recsched_engine_pending_queries", "Queries inside the engine", labels=["model"]
         )
@@ -133,9 +142,11 @@ class EngineCollector:
                 util.add_metric([model, str(i)], u)
             for lane in list(eng.lanes):
                 alive.add_metric([model, str(lane.index)], 1.0 if lane.alive() else 0.0)
+                busy.add_metric([model, str(lane.index)], lane.stats.busy_s)
+                cpu.add_metric([model, str(lane.index)], lane.stats.cpu_s)
             pending.add_metric([model], eng.pending())
             info.add_metric([model], {k: str(v) for k, v in eng.config.to_dict().items()})
-        yield from (util, alive, pending, info)
+        yield from (util, alive, busy, cpu, pending, info)
 
 
 _TRITON_FAMILIES: dict[str, tuple[str, str]] = {

@@ -248,7 +248,9 @@ def test_tritonclient_metadata_config_and_inference():
         assert 'nv_inference_count{model="tiny",version="1"} 22' in text
         for name in ("nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
                      "nv_inference_pending_request_count", "recsched_request_latency_seconds",
-                     "recsched_lane_utilization", "recsched_engine_config_info"):  # fmt: skip
+                     "recsched_lane_utilization", "recsched_engine_config_info",
+                     "recsched_lane_busy_seconds_total",
+                     "recsched_lane_cpu_seconds_total"):  # fmt: skip
             assert name in text, name
         c.close()
 

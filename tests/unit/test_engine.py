@@ -161,3 +161,27 @@ def test_merge_deadline_fires_after_the_timer_missed_a_later_deadline():
         ad.module.gate.set()
         for f, n in ((held, 10), (a, 2), (e, 8), (d, 1)):
             assert f.result(timeout=5).shape == (n, 1)
+
+
+def test_cpu_lane_counts_its_threads_cpu_apart_from_time_it_waits():
+    """`cpu_s` is the lane thread's CPU while it held tasks: a task that sleeps holds the lane
+    (busy) without running; one that spins runs all along."""
+    from recsched.lanes.cpu import CpuLane
+    from recsched.types import Task
+
+    done = threading.Event()
+    lane = CpuLane(0, 1, lambda r: r.tid == 1 and done.set())
+    lane.start()
+
+    def spin() -> None:
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < 0.03:
+            pass
+
+    lane.submit(Task(0, 0, 0, None, None, 0.0), lambda: time.sleep(0.05))
+    lane.submit(Task(1, 1, 0, None, None, 0.0), spin)
+    assert done.wait(5.0)
+    lane.stop(1.0)
+    s = lane.stats
+    assert s.tasks == 2 and s.busy_s >= 0.08
+    assert 0.03 <= s.cpu_s < s.busy_s - 0.04, (s.cpu_s, s.busy_s)
