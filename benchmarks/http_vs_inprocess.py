@@ -288,6 +288,25 @@ def thread_waits(t0: dict, t1: dict, min_cpu_s: float = 0.05) -> dict[str, dict[
     return out
 
 
+_STAT = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_ticks() -> list[int]:
+    """The machine's CPU ticks by state (/proc/stat's first line, `_STAT` order)."""
+    with open("/proc/stat") as f:
+        return [int(v) for v in f.readline().split()[1 : 1 + len(_STAT)]]
+
+
+def machine_shares(t0: list[int], t1: list[int]) -> dict[str, float]:
+    """Share of all CPUs' time between two `machine_ticks` readings: busy (user, nice, system,
+    irq, softirq), idle (with iowait) and steal (taken by the hypervisor)."""
+    d = dict(zip(_STAT, (b - a for a, b in zip(t0, t1, strict=True)), strict=True))
+    total = max(1, sum(d.values()))
+    busy = d["user"] + d["nice"] + d["system"] + d["irq"] + d["softirq"]
+    return {"busy": busy / total, "idle": (d["idle"] + d["iowait"]) / total,
+            "steal": d["steal"] / total}  # fmt: skip
+
+
 def pending(url: str, model: str) -> float:
     text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
     m = re.search(rf'nv_inference_pending_request_count{{model="{model}".*?}} (\S+)', text)
@@ -710,6 +729,7 @@ def main() -> None:
                 if x:
                     s0 = server_stats(url, a.model)
                     l0, t0 = lane_seconds(url, a.model), thread_sched(proc.pid)
+                    m0 = machine_ticks()
                     r = http_once(url, a.model, over, x * http_qps, a.overload_duration,
                                   a.client, proc.pid, a.wire_ids)  # fmt: skip
                     r["x_capacity"] = x
@@ -718,6 +738,7 @@ def main() -> None:
                     r["lanes"] = lane_stall(l0, lane_seconds(url, a.model))
                     r["threads"] = thread_waits(t0, thread_sched(proc.pid))
                     r["threads"]["loop"] = r["threads"].pop(str(proc.pid), {})
+                    r["machine_cpu"] = machine_shares(m0, machine_ticks())
                     out[key] = r
                     show_classes(f"{key} {x:g}x capacity", r)
                     print("      server phases, mean ms per request: " + ", ".join(
@@ -729,6 +750,8 @@ def main() -> None:
                     ) + "; threads' CPU / runqueue wait s: " + ", ".join(
                         f"{k} {v['cpu_s']:.1f}/{v['runqueue_wait_s']:.1f}"
                         for k, v in r["threads"].items() if v
+                    ) + "; machine CPU " + ", ".join(
+                        f"{k} {v:.0%}" for k, v in r["machine_cpu"].items()
                     ))  # fmt: skip
     finally:
         stop_server(proc)

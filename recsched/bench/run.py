@@ -93,6 +93,9 @@ class RunRecord:
     lane_utilization: list[float]
     cores: float
     unfinished: int = 0
+    # per lane: the share of its busy time its thread ran (CPU / busy; the rest waited for
+    # the GIL or a core); empty for lanes that do not count CPU
+    lane_running: list[float] = field(default_factory=list)
 
 
 def run_open_loop(
@@ -129,6 +132,7 @@ def run_open_loop(
     model = engine.adapter.name
     late = rejected = 0
     busy0 = [lane.stats.busy_s for lane in engine.lanes]
+    cpu0 = [lane.stats.cpu_s for lane in engine.lanes]
     t0 = clock.now() + 0.02
     last_report = 0.0
     for i in range(n):
@@ -156,12 +160,17 @@ def run_open_loop(
         min(1.0, (lane.stats.busy_s - b) / max(wall, 1e-9))
         for lane, b in zip(engine.lanes, busy0, strict=True)
     ]
+    running = [
+        (lane.stats.cpu_s - c) / (lane.stats.busy_s - b)
+        for lane, b, c in zip(engine.lanes, busy0, cpu0, strict=True)
+        if lane.kind == "cpu" and lane.stats.busy_s > b
+    ]
     if progress is not None:
         progress(n, n)
     cfg = engine.config
     return RunRecord(
         log, n, rejected, late, workload.duration_s, wall, util,
-        float(cfg.lanes * cfg.threads_per_lane), unfinished,
+        float(cfg.lanes * cfg.threads_per_lane), unfinished, running,
     )  # fmt: skip
 
 
@@ -197,6 +206,7 @@ def bench_result(
         "sla_met": bool(s["sla_met"]) if s["sla_met"] is not None else None,
         "classes": s["classes"],
         "lane_utilization": record.lane_utilization,
+        "lane_running": record.lane_running,
         "cost_core_s_per_1k": cost_core_s_per_1k(record.cores, record.wall_s, s["within_sla"]),
         "latency_cdf_ms": latency_cdf_ms(record.log),
     }

@@ -117,6 +117,9 @@ def bench_table(result: Mapping[str, Any]) -> Table:
     if result.get("lane_utilization"):
         u = result["lane_utilization"]
         extra.append(f"lane util mean {_f(100 * float(np.mean(u)), 0)}%")
+    if result.get("lane_running"):
+        r = result["lane_running"]
+        extra.append(f"running {_f(100 * float(np.mean(r)), 0)}% of busy")
     t.caption = ", ".join(extra) or None
     return t
 

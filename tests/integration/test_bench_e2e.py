@@ -32,6 +32,8 @@ def test_bench_once_serves_every_query(name):
     assert r["sla_met"] is True and set(r["classes"]) == {"high", "low"}
     assert r["classes"]["high"]["sla_ms"] == 500.0 and r["classes"]["low"]["sla_ms"] == 1000.0
     assert len(r["lane_utilization"]) == 2 and all(0 <= u <= 1 for u in r["lane_utilization"])
+    # each CPU lane ran part of the time it held tasks (CPU / busy, the rest waiting)
+    assert 1 <= len(r["lane_running"]) <= 2 and all(0 < s <= 1.05 for s in r["lane_running"])
     assert r["cost_core_s_per_1k"] > 0
 
 
