@@ -105,6 +105,8 @@ class Engine:
                 "on this machine; leave the threshold unset to serve on CPU lanes"
             )
         self.forward = adapter.runner(config.compiled)  # compiled here, not in a lane
+        # a merged batch's concatenation and forward in one compiled call (one GIL crossing)
+        self.forward_parts = adapter.parts_runner(config.compiled)
         self.graph = graph
         if config.operator != "sequential" and graph is None:
             from recsched.graph import build_graph
@@ -347,12 +349,19 @@ class Engine:
     def _work(self, task: Task, bs: _BatchState) -> Callable[[], None]:
         """The closure a lane runs for a task: tensors in, tensors out, no bookkeeping."""
         if task.ops is None:
-            accel = self.lanes[task.lane].kind == "accel"
-            forward = self._accel_forward if accel else self.forward
+            if self.lanes[task.lane].kind == "accel":
+                forward = self._accel_forward
+
+                def run_accel() -> None:
+                    if not self._aborted:
+                        bs.output = forward(concat_rows(bs.sources))
+
+                return run_accel
+            forward_parts = self.forward_parts
 
             def run_whole() -> None:
                 if not self._aborted:
-                    bs.output = forward(concat_rows(bs.sources))
+                    bs.output = forward_parts(bs.sources)
 
             return run_whole
         graph = self.graph

@@ -16,7 +16,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from recsched.models.compiled import Compiled, compile_forward
+from recsched.models.compiled import Compiled, PartsForward, compile_forward, python_parts
+from recsched.models.compiled import concat_rows as concat_rows  # re-exported
 
 Inputs = dict[str, torch.Tensor]
 
@@ -90,6 +91,11 @@ class ModelAdapter:
         """The forward to serve with: compiled (default) or the eager module."""
         return self.compiled().forward if compiled else self.module
 
+    def parts_runner(self, compiled: bool = True) -> PartsForward:
+        """The forward of a merged batch (a list of inputs, concatenated along the batch):
+        fused into one compiled call where it compiles (`Compiled.parts`)."""
+        return self.compiled().parts if compiled else python_parts(self.module)
+
 
 def validate_inputs(
     specs: Sequence[InputSpec], inputs: Mapping[str, torch.Tensor], max_batch: int = 1 << 16
@@ -138,13 +144,6 @@ def validate_inputs(
 def slice_rows(inputs: Mapping[str, torch.Tensor], start: int, stop: int) -> Inputs:
     """Rows `[start, stop)` of every input (views, no copy)."""
     return {k: v[start:stop] for k, v in inputs.items()}
-
-
-def concat_rows(parts: Sequence[Mapping[str, torch.Tensor]]) -> Inputs:
-    """Concatenate inputs along the batch dimension (a merged batch)."""
-    if len(parts) == 1:
-        return dict(parts[0])
-    return {k: torch.cat([p[k] for p in parts], dim=0) for k in parts[0]}
 
 
 def batch_size(inputs: Mapping[str, torch.Tensor]) -> int:

@@ -249,8 +249,18 @@ def fidelity_cmd(
     model: ModelArg,
     preset_name: PresetOpt = "baseline",
     qps: Annotated[
-        str | None, typer.Option("--qps", help="Comma-separated loads (default: 30/60/85%).")
+        str | None,
+        typer.Option("--qps", help="Comma-separated loads (default: 30/60/85% of --loads-from)."),
     ] = None,
+    loads_from: Annotated[
+        str,
+        typer.Option(
+            "--loads-from",
+            help="What the default loads are fractions of: 'run' = the capacity a real probe "
+            "run measures (its lane time per query; default), 'profile' = the profile's "
+            "estimate (served tasks can cost twice the profile, putting 60-85% past saturation).",
+        ),
+    ] = "run",
     duration: Annotated[float, typer.Option("--duration", help="Seconds per run.")] = 5.0,
     profile: ProfileOpt = None,
     classes: ClassesOpt = None,
@@ -312,9 +322,14 @@ def fidelity_cmd(
         model, profile, loads, cfg, duration_s=duration, seed=seed, scale=scale, sla_ms=sla_ms,
         arrivals=arrivals, sizes=sizes, classes=classes, task_overhead_s=overhead,
         interference=interference, on_load=on_load, repeats=repeats, on_real=on_real,
-        in_run=in_run,
+        in_run=in_run, loads_from=loads_from,
     )  # fmt: skip
     r["preset"] = name
+    cap = r["capacity"]
+    if cap["source"] != "given":
+        how = f"probe run at {cap['probe_qps']:g} qps" if cap["source"] == "run" else "profile"
+        console.print(f"[dim]loads from a capacity of {cap['qps']:.1f} qps ({how}; profile "
+                      f"estimate {cap['profile_qps']:.1f})[/dim]")  # fmt: skip
     console.print(fidelity_table(r))
     if "median_real_spread" in r:
         console.print(noise_floor_note(r))

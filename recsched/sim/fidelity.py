@@ -60,6 +60,7 @@ from recsched.workload import parse_sizes
 PERCENTILES = ("p50", "p95", "p99")
 GOAL_P95 = 0.15
 DEFAULT_LOADS = (0.3, 0.6, 0.85)  # fractions of the estimated capacity
+PROBE_LOAD = 0.3  # the probe run's load, a fraction of the profile's capacity estimate
 HANDOFF_MAX_S = 1e-3  # lane gaps shorter than this are hand-offs, longer ones idling
 HANDOFF_MIN_GAPS = 20
 
@@ -201,6 +202,17 @@ def estimated_capacity_qps(cost: Any, config: EngineConfig, sizes: str, seed: in
     return config.lanes / max(mean_s, 1e-9)
 
 
+def run_capacity_qps(result: dict[str, Any], lanes: int) -> float | None:
+    """Capacity measured by a real run: the rate at which the lanes would be busy all the
+    time, `lanes / (lane-seconds per completed query)`, from a `bench` result's completed QPS
+    and lane utilization (None when the run completed nothing)."""
+    util = sum(result.get("lane_utilization") or [])
+    done = float(result.get("completed_qps") or 0.0)
+    if util <= 0 or done <= 0:
+        return None
+    return lanes * done / util
+
+
 def fresh_profile(adapter: Any, config: EngineConfig, rounds: int = 3) -> dict[str, Any]:
     """The model's profile measured now (not cached: the machine's load drifts), at the
     lanes' thread count and granularity, rescaled to serving conditions.
@@ -302,11 +314,18 @@ def fidelity(
     repeats: int = 1,
     on_real: Callable[[float, int, dict], None] | None = None,
     in_run: bool = False,
+    loads_from: str = "run",
 ) -> dict[str, Any]:
     """Run real and simulated loads side by side; per-load errors at p50/p95/p99.
 
     `profile` defaults to the model's profile measured now (`fresh_profile`). `qps_list`
-    defaults to 30/60/85% of the capacity estimated from the profile.
+    defaults to 30/60/85% of an estimated capacity: with `loads_from="run"` (the default),
+    measured by a real probe run at 30% of the profile's estimate (`run_capacity_qps`: the
+    rate that would keep the lanes busy, from the probe's lane time per query); with
+    "profile", the profile's own estimate (`estimated_capacity_qps`). Served lane tasks
+    cost up to twice the profile here, so the profile's 60% and 85% loads can lie past the
+    real engine's saturation, where an open-loop p95 grows with the run's length and is no
+    steady state to compare. The result's "capacity" says which estimate set the loads.
     `task_overhead_s` is the engine's cost per task when busy; after idling, the profile's
     measured extra applies (`add_engine_idle_cost`).
     `interference="model"` measures the model's own co-run slowdown now (`model_interference`);
@@ -326,6 +345,8 @@ def fidelity(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if loads_from not in ("run", "profile"):
+        raise ValueError(f"loads_from is 'run' or 'profile', got {loads_from!r}")
     from recsched.bench.setup import Setup  # the real engine and torch: only when asked
 
     cfg, name = resolve_config(config)
@@ -354,9 +375,16 @@ def fidelity(
     sim = sim_run_fn(setup, cfg, name, duration_s, types=types)
     if real is None:
         real = setup.run_fn(cfg, name, duration_s, trace=in_run)
+    capacity: dict[str, Any] = {"source": "given"}
     if qps_list is None:
         cap = estimated_capacity_qps(cost, cfg, sizes, seed)
-        qps_list = [round(f * cap, 1) for f in DEFAULT_LOADS]
+        capacity = {"source": "profile", "profile_qps": cap, "qps": cap}
+        if loads_from == "run":
+            probe = round(PROBE_LOAD * cap, 1)
+            measured = run_capacity_qps(real(probe), cfg.lanes)
+            if measured is not None:
+                capacity.update(source="run", probe_qps=probe, qps=measured)
+        qps_list = [round(f * capacity["qps"], 1) for f in DEFAULT_LOADS]
     scales: dict[float, list[float]] = {}
     task_lists: dict[float, list] = {}
     gap_lists: dict[float, list[float]] = {}
@@ -412,6 +440,7 @@ def fidelity(
         "scale": scale,
         "seed": seed,
         "duration_s": duration_s,
+        "capacity": capacity,
         "sla_ms": setup.sla_ms,
         "task_overhead_s": task_overhead_s,
         "interference": types[0].interference.to_dict(),

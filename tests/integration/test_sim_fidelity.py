@@ -163,7 +163,7 @@ ROW_KEYS = {
 RESULT_KEYS = {
     "model", "preset", "config", "scale", "seed", "duration_s", "sla_ms", "task_overhead_s",
     "interference", "serving_correction", "loads", "max_abs_error", "goal_p95",
-    "p95_within_goal",
+    "p95_within_goal", "capacity",
 }  # fmt: skip
 
 
@@ -264,6 +264,39 @@ def test_fidelity_repeats_with_an_injected_real(profile_path):
     assert a["sim"] == one["loads"][0]["sim"]  # the simulator runs once, as before
     with pytest.raises(ValueError):
         fidelity(MODEL, prof, [20.0], "baseline", real=real, repeats=0, **kw)
+
+
+def test_default_loads_are_fractions_of_the_capacity_a_probe_run_measures(profile_path):
+    """Loads default to 30/60/85% of `lanes / (lane-seconds per query)` of a real probe run at
+    30% of the profile's estimate; `loads_from="profile"` skips the probe."""
+    prof = json.loads(profile_path.read_text())
+    kw = dict(duration_s=0.3, seed=1, sla_ms=500.0, sizes="fixed:8", interference="default")
+    calls: list[float] = []
+
+    def real(qps: float) -> dict:  # lanes half busy each, whatever the load
+        calls.append(qps)
+        return _bench(qps, 2.0) | {"lane_utilization": [0.25, 0.25]}
+
+    by_profile = fidelity(MODEL, prof, None, "baseline", real=real, loads_from="profile", **kw)
+    cap = by_profile["capacity"]
+    assert cap["source"] == "profile" and cap["qps"] == cap["profile_qps"] > 0
+    loads = [row["qps"] for row in by_profile["loads"]]
+    assert loads == [round(f * cap["qps"], 1) for f in fidelity_mod.DEFAULT_LOADS] == calls
+    calls.clear()
+    r = fidelity(MODEL, prof, None, "baseline", real=real, **kw)
+    lanes = r["config"]["lanes"]
+    probe = round(fidelity_mod.PROBE_LOAD * cap["profile_qps"], 1)
+    assert r["capacity"] == {
+        "source": "run", "profile_qps": cap["profile_qps"], "probe_qps": probe,
+        "qps": pytest.approx(lanes * probe / 0.5),
+    }  # fmt: skip
+    assert calls[0] == probe and len(calls) == 4
+    assert [row["qps"] for row in r["loads"]] == [
+        round(f * lanes * probe / 0.5, 1) for f in fidelity_mod.DEFAULT_LOADS
+    ]
+    assert fidelity_mod.run_capacity_qps({"completed_qps": 0.0}, 2) is None
+    with pytest.raises(ValueError, match="loads_from"):
+        fidelity(MODEL, prof, None, "baseline", real=real, loads_from="guess", **kw)
 
 
 def test_fidelity_command_repeats_prints_the_noise_floor(tmp_path, profile_path, monkeypatch):

@@ -6,7 +6,7 @@ from torch import nn
 
 from recsched.config import EngineConfig
 from recsched.engine import Engine
-from recsched.models.base import InputSpec, ModelAdapter
+from recsched.models.base import InputSpec, ModelAdapter, concat_rows
 from recsched.models.compiled import compile_forward
 from recsched.models.registry import list_models, load_model
 from recsched.types import Query
@@ -23,6 +23,13 @@ def test_zoo_models_compile_and_match_eager(name):
         with torch.inference_mode():
             assert torch.allclose(c.forward(x), ad.module(x), atol=1e-5, rtol=1e-4)
     assert ad.compiled() is c, "compiled once, then cached"
+    # a merged batch: concatenation and forward fused into one compiled call
+    assert c.parts_kind == "torchscript"
+    parts = [ad.make_inputs(n, 50 + n) for n in (3, 1, 40)]
+    with torch.inference_mode():
+        want = ad.module(concat_rows(parts))
+        assert torch.allclose(c.parts(parts), want, atol=1e-5, rtol=1e-4)
+        assert torch.allclose(c.parts(parts[:1]), ad.module(parts[0]), atol=1e-5, rtol=1e-4)
 
 
 def _make(n: int, seed: int) -> dict[str, torch.Tensor]:
@@ -59,6 +66,18 @@ def test_unsafe_models_fall_back_to_eager_with_a_reason(module):
     assert c.reason
 
 
+def test_parts_fall_back_to_python_concatenation_when_the_wrapper_fails(monkeypatch):
+    def refuse(*a, **k):
+        raise RuntimeError("no scripting today")
+
+    monkeypatch.setattr(torch.jit, "script", refuse)
+    c = compile_forward(_Lin(), _make)
+    assert c.kind == "torchscript" and c.parts_kind == "python"
+    parts = [_make(n, n) for n in (2, 7)]
+    with torch.inference_mode():
+        assert torch.equal(c.parts(parts), c.forward(concat_rows(parts)))
+
+
 def test_engine_serves_the_compiled_forward_and_eager_on_request():
     ad = load_model("ncf", scale="small", seed=0)
     x = ad.make_inputs(21, 5)
@@ -66,6 +85,7 @@ def test_engine_serves_the_compiled_forward_and_eager_on_request():
     for compiled in (True, False):
         with Engine(ad, EngineConfig(request="split", batch_size=8, compiled=compiled)) as eng:
             assert (eng.forward is ad.module) is (not compiled)
+            assert (eng.forward_parts is ad.compiled().parts) is compiled
             got = eng.submit(Query(0, "ncf", 21), x).result(timeout=30)
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
 
