@@ -73,7 +73,8 @@ def test_scores_match_eager_in_item_order(cfg):
 
 
 class Gated(nn.Module):
-    """Tiny, but each forward waits for a gate: lets a test hold a lane busy."""
+    """Tiny, but each forward waits for a gate: lets a test hold a lane busy. Served eager
+    (`compiled=False`): tracing it would wait for the gate."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
@@ -89,7 +90,8 @@ def test_bounded_queue_rejects_at_once():
     ad = tiny_adapter()
     ad.module = Gated(ad.module)
     x = ad.make_inputs(1, 0)
-    with Engine(ad, EngineConfig(request="whole", lanes=1, queue_capacity=2)) as eng:
+    cfg = EngineConfig(request="whole", lanes=1, queue_capacity=2, compiled=False)
+    with Engine(ad, cfg) as eng:
         held = [eng.submit(Query(i, "tiny", 1), x) for i in (1, 2)]  # one runs, one waits
         extra = eng.submit(Query(3, "tiny", 1), x)
         assert isinstance(extra.exception(timeout=1), QueueFull)
@@ -130,7 +132,8 @@ def test_offload_refused_without_cuda():
 def test_abort_fails_pending_queries():
     ad = tiny_adapter()
     ad.module = Gated(ad.module)
-    eng = Engine(ad, EngineConfig(request="dynamic", merge_delay_ms=60_000, lanes=1)).start()
+    cfg = EngineConfig(request="dynamic", merge_delay_ms=60_000, lanes=1, compiled=False)
+    eng = Engine(ad, cfg).start()
     x = ad.make_inputs(1, 0)
     futs = [eng.submit(Query(i, "tiny", 1), x) for i in range(4)]  # 1 runs, 3 wait to merge
     assert eng.abort("gave up") == 4
@@ -145,7 +148,9 @@ def test_merge_deadline_fires_after_the_timer_missed_a_later_deadline():
     then a new small query opens a window: the timer must still cut it at its deadline."""
     ad = tiny_adapter()
     ad.module = Gated(ad.module)
-    cfg = EngineConfig(request="dynamic", batch_size=10, merge_delay_ms=50.0, lanes=1)
+    cfg = EngineConfig(
+        request="dynamic", batch_size=10, merge_delay_ms=50.0, lanes=1, compiled=False
+    )
     with Engine(ad, cfg) as eng:
         held = eng.submit(Query(0, "tiny", 10), ad.make_inputs(10, 0))  # a full batch: runs
         a = eng.submit(Query(1, "tiny", 2), ad.make_inputs(2, 1))  # waits to merge
