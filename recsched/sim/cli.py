@@ -298,6 +298,9 @@ def fidelity_cmd(
     from recsched.sim.fidelity import fidelity
     from recsched.sim.run import DEFAULT_TASK_OVERHEAD_S as DEFAULT_OVERHEAD
 
+    if loads_from not in ("run", "profile"):
+        why = f"'run' or 'profile', not {loads_from!r}"
+        raise typer.BadParameter(why, param_hint="--loads-from")
     cfg, name = _config(preset_name, lanes, batch_size)
     loads = [float(x) for x in qps.split(",")] if qps else None
     overhead = task_overhead_us * 1e-6 if task_overhead_us is not None else DEFAULT_OVERHEAD
