@@ -59,6 +59,7 @@ from recsched.bench.capacity import find_capacity
 from recsched.bench.setup import Setup
 from recsched.config import EngineConfig
 from recsched.metrics.latency import LatencyLog
+from recsched.metrics.machine import machine_shares, machine_ticks
 from recsched.server.admission import priority_order
 from recsched.server.codec import kserve_dtype, wire_dtype
 from recsched.types import PriorityClass
@@ -286,25 +287,6 @@ def thread_waits(t0: dict, t1: dict, min_cpu_s: float = 0.05) -> dict[str, dict[
         if run1 - run0 >= min_cpu_s:
             out[str(tid)] = {"cpu_s": run1 - run0, "runqueue_wait_s": wait1 - wait0}
     return out
-
-
-_STAT = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-
-
-def machine_ticks() -> list[int]:
-    """The machine's CPU ticks by state (/proc/stat's first line, `_STAT` order)."""
-    with open("/proc/stat") as f:
-        return [int(v) for v in f.readline().split()[1 : 1 + len(_STAT)]]
-
-
-def machine_shares(t0: list[int], t1: list[int]) -> dict[str, float]:
-    """Share of all CPUs' time between two `machine_ticks` readings: busy (user, nice, system,
-    irq, softirq), idle (with iowait) and steal (taken by the hypervisor)."""
-    d = dict(zip(_STAT, (b - a for a, b in zip(t0, t1, strict=True)), strict=True))
-    total = max(1, sum(d.values()))
-    busy = d["user"] + d["nice"] + d["system"] + d["irq"] + d["softirq"]
-    return {"busy": busy / total, "idle": (d["idle"] + d["iowait"]) / total,
-            "steal": d["steal"] / total}  # fmt: skip
 
 
 def pending(url: str, model: str) -> float:
@@ -751,7 +733,7 @@ def main() -> None:
                         f"{k} {v['cpu_s']:.1f}/{v['runqueue_wait_s']:.1f}"
                         for k, v in r["threads"].items() if v
                     ) + "; machine CPU " + ", ".join(
-                        f"{k} {v:.0%}" for k, v in r["machine_cpu"].items()
+                        f"{k} {v:.0%}" for k, v in (r["machine_cpu"] or {}).items()
                     ))  # fmt: skip
     finally:
         stop_server(proc)

@@ -19,6 +19,7 @@ from recsched.clock import WallClock
 from recsched.config import EngineConfig
 from recsched.engine import Engine, EngineClosed, QueueFull
 from recsched.metrics.latency import LatencyLog
+from recsched.metrics.machine import machine_shares, machine_ticks
 from recsched.metrics.report import cost_core_s_per_1k
 from recsched.metrics.trace import TraceRecorder
 from recsched.models.base import Inputs, ModelAdapter, slice_rows
@@ -96,6 +97,8 @@ class RunRecord:
     # per lane: the share of its busy time its thread ran (CPU / busy; the rest waited for
     # the GIL or a core); empty for lanes that do not count CPU
     lane_running: list[float] = field(default_factory=list)
+    # the machine's busy / idle / steal CPU shares over the run (None off Linux)
+    machine_cpu: dict[str, float] | None = None
 
 
 def run_open_loop(
@@ -133,6 +136,7 @@ def run_open_loop(
     late = rejected = 0
     busy0 = [lane.stats.busy_s for lane in engine.lanes]
     cpu0 = [lane.stats.cpu_s for lane in engine.lanes]
+    ticks0 = machine_ticks()
     t0 = clock.now() + 0.02
     last_report = 0.0
     for i in range(n):
@@ -171,6 +175,7 @@ def run_open_loop(
     return RunRecord(
         log, n, rejected, late, workload.duration_s, wall, util,
         float(cfg.lanes * cfg.threads_per_lane), unfinished, running,
+        machine_shares(ticks0, machine_ticks()),
     )  # fmt: skip
 
 
@@ -207,6 +212,7 @@ def bench_result(
         "classes": s["classes"],
         "lane_utilization": record.lane_utilization,
         "lane_running": record.lane_running,
+        "machine_cpu": record.machine_cpu,
         "cost_core_s_per_1k": cost_core_s_per_1k(record.cores, record.wall_s, s["within_sla"]),
         "latency_cdf_ms": latency_cdf_ms(record.log),
     }

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+STEAL_NOTE = 0.05  # a run's table notes the hypervisor's share of the CPU from this much on
+
 
 def cost_core_s_per_1k(cores: float, duration_s: float, queries_within_sla: int) -> float:
     """Resource-seconds held per 1000 queries served within SLA; inf when none were."""
@@ -120,6 +122,9 @@ def bench_table(result: Mapping[str, Any]) -> Table:
     if result.get("lane_running"):
         r = result["lane_running"]
         extra.append(f"running {_f(100 * float(np.mean(r)), 0)}% of busy")
+    steal = (result.get("machine_cpu") or {}).get("steal")
+    if steal is not None and steal >= STEAL_NOTE:
+        extra.append(f"the hypervisor took {_f(100 * steal, 0)}% of the CPU (steal)")
     t.caption = ", ".join(extra) or None
     return t
 

@@ -34,6 +34,8 @@ def test_bench_once_serves_every_query(name):
     assert len(r["lane_utilization"]) == 2 and all(0 <= u <= 1 for u in r["lane_utilization"])
     # each CPU lane ran part of the time it held tasks (CPU / busy, the rest waiting)
     assert 1 <= len(r["lane_running"]) <= 2 and all(0 < s <= 1.05 for s in r["lane_running"])
+    m = r["machine_cpu"]  # the machine's CPU shares over the run (None off Linux)
+    assert m is None or (set(m) == {"busy", "idle", "steal"} and sum(m.values()) <= 1.0 + 1e-9)
     assert r["cost_core_s_per_1k"] > 0
 
 

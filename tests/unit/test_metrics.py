@@ -251,3 +251,26 @@ def test_run_percentile_applies_to_classes_without_their_own_sla() -> None:
     assert log.summary((DEFAULT_CLASS,), sla_ms=96.0, percentile=99.0)["sla_met"] is False
     own = PriorityClass("default", 1.0, 1.0, 96.0, 95.0)  # its own SLA keeps its own p95
     assert log.summary((own,), sla_ms=1.0, percentile=99.0)["sla_met"] is True
+
+
+def test_machine_shares_split_cpu_ticks_into_busy_idle_and_steal(tmp_path):
+    from recsched.metrics.machine import machine_shares, machine_ticks
+    from recsched.metrics.report import bench_table
+
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal (then guest fields, ignored)
+    stat.write_text("cpu  100 0 20 300 10 0 5 15 0 0\ncpu0 1 2 3\n")
+    t0 = machine_ticks(str(stat))
+    stat.write_text("cpu  160 0 30 330 10 0 5 35 0 0\ncpu0 1 2 3\n")
+    t1 = machine_ticks(str(stat))
+    assert t0 == [100, 0, 20, 300, 10, 0, 5, 15]
+    s = machine_shares(t0, t1)  # 60 + 10 busy, 30 idle, 20 steal of 120 ticks
+    assert s == pytest.approx({"busy": 70 / 120, "idle": 30 / 120, "steal": 20 / 120})
+    assert machine_ticks(str(tmp_path / "missing")) is None and machine_shares(None, t1) is None
+    assert machine_shares(t1, t1) is None  # no time passed
+    r = {"model": "m", "preset": "p", "offered_qps": 1.0, "completed_qps": 1.0,
+         "latency_ms": {"p50": 1.0, "p95": 2.0, "p99": 3.0, "max": 4.0}, "classes": {},
+         "machine_cpu": s}  # fmt: skip
+    assert "hypervisor took 17% of the CPU" in bench_table(r).caption
+    r["machine_cpu"] = {"busy": 0.5, "idle": 0.49, "steal": 0.01}
+    assert "hypervisor" not in (bench_table(r).caption or "")
