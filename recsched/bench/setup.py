@@ -217,10 +217,12 @@ class Setup:
         """`capacity` of several presets. With `interleave` (real engine, two or more), their
         searches take turns run by run (`capacity.Turns`; one run at a time, each search in
         its own thread), so the machine's slow spells land on every preset alike; their
-        configurations (tuning included) and start rates are settled first, in order."""
+        configurations (tuning included), start rates and the peak are settled first, in
+        order (a peak measured while another preset's runs go on would read low)."""
         if not interleave or self.sim or len(names) < 2:
             return {n: self.capacity(n, duration_s, log, confirm=confirm) for n in names}
         prepared = {n: self._prepare(n, duration_s, log) for n in names}
+        peak = calibrate.peak(self.adapter)["peak_items_per_s"]
         turns = Turns(list(names))
         results: dict[str, dict] = {}
         errors: dict[str, BaseException] = {}
@@ -228,7 +230,9 @@ class Setup:
         def search(name: str) -> None:
             run, start = prepared[name]
             try:
-                results[name] = self._search(name, turns.wrap(name, run), start, log, confirm)
+                results[name] = self._search(
+                    name, turns.wrap(name, run), start, log, confirm, peak=peak
+                )
             except BaseException as exc:  # re-raised below, after the others finish
                 errors[name] = exc
             finally:
@@ -255,8 +259,17 @@ class Setup:
         return self.run_fn(cfg, name, duration_s), self.start_qps(cfg)
 
     def _search(
-        self, name: str, run: Callable[[float], dict], start: float, log: Log | None, confirm: int
+        self,
+        name: str,
+        run: Callable[[float], dict],
+        start: float,
+        log: Log | None,
+        confirm: int,
+        peak: float | None = None,
     ) -> dict:
+        """One preset's capacity search; `peak` (items/s) as measured before, else read (or
+        measured) after the search, on the real engine only."""
+
         def on_run(r: dict) -> None:
             if log is not None:
                 lat = r["latency_ms"]
@@ -270,7 +283,8 @@ class Setup:
         search = find_capacity(
             run, start_qps=start, on_run=on_run, confirm=confirm, max_runs=12 + 4 * confirm
         )
-        peak = calibrate.peak(self.adapter)["peak_items_per_s"] if not self.sim else None
+        if peak is None and not self.sim:
+            peak = calibrate.peak(self.adapter)["peak_items_per_s"]
         return capacity_result(
             search, model=self.adapter.name, preset=name, sla_ms=self.sla_ms,
             percentile=self.percentile, peak_items_per_s=peak,

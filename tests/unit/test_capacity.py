@@ -263,10 +263,18 @@ def test_setup_capacities_interleaves_presets_and_reraises_a_failure(monkeypatch
     monkeypatch.setattr(s, "config", lambda name, log=None, **kw: preset("baseline"))
     monkeypatch.setattr(s, "run_fn", run_fn)
     monkeypatch.setattr(s, "start_qps", lambda cfg: 10.0)
-    monkeypatch.setattr(setup_mod.calibrate, "peak", lambda ad: {"peak_items_per_s": 1e3})
+    peaks: list[int] = []  # runs done when the peak was read: 0, before any search began
+
+    def peak(ad) -> dict:
+        peaks.append(len(order))
+        return {"peak_items_per_s": 1e3}
+
+    monkeypatch.setattr(setup_mod.calibrate, "peak", peak)
     out = s.capacities(list(caps), 1.0)
     for name, cap in caps.items():
         assert cap / 1.05 <= out[name]["latency_bounded_qps"] <= cap
+        assert out[name]["peak_items_per_s"] == 1e3
+    assert peaks == [0], "the peak is settled once, before the interleaved searches"
     assert order[:4] == ["baseline", "dynamic", "baseline", "dynamic"]
     order.clear()
     with pytest.raises(RuntimeError, match="lane on fire"):
