@@ -122,7 +122,7 @@ def bench_table(result: Mapping[str, Any]) -> Table:
     if result.get("lane_running"):
         r = result["lane_running"]
         extra.append(f"running {_f(100 * float(np.mean(r)), 0)}% of busy")
-    steal = (result.get("machine_cpu") or {}).get("steal")
+    steal = _steal(result)
     if steal is not None and steal >= STEAL_NOTE:
         extra.append(f"the hypervisor took {_f(100 * steal, 0)}% of the CPU (steal)")
     t.caption = ", ".join(extra) or None
@@ -137,17 +137,26 @@ def capacity_table(result: Mapping[str, Any]) -> Table:
             f"at SLA {_f(result.get('sla_ms'))} ms"
         )
     )
-    for col in ("offered qps", "completed qps", "p95 ms", "p99 ms", "SLA met"):
+    runs = result.get("runs") or []
+    steal = any(_steal(r) is not None for r in runs)
+    cols = ("offered qps", "completed qps", "p95 ms", "p99 ms", "SLA met") + (
+        ("steal",) if steal else ()
+    )
+    for col in cols:
         t.add_column(col, justify="right")
-    for r in result.get("runs") or []:
+    for r in runs:
         lat = r.get("latency_ms", {})
-        t.add_row(
+        row = [
             _f(r.get("offered_qps")),
             _f(r.get("completed_qps")),
             _f(lat.get("p95")),
             _f(lat.get("p99")),
             _met(r.get("sla_met")),
-        )
+        ]
+        if steal:
+            st = _steal(r)
+            row.append("-" if st is None else f"{100 * st:.0f}%")
+        t.add_row(*row)
     t.caption = (
         f"latency-bounded {_f(result.get('latency_bounded_qps'))} qps, "
         f"peak {_f(result.get('peak_items_per_s'), 0)} items/s, "
@@ -172,4 +181,19 @@ def compare_table(result: Mapping[str, Any]) -> Table:
             _f(cap.get("cost_core_s_per_1k"), 3),
             _f(cap.get("sla_ms")),
         )
+    steals = [
+        _steal(r) for cap in (result.get("presets") or {}).values() for r in cap.get("runs") or []
+    ]
+    stolen = [x for x in steals if x is not None and x >= STEAL_NOTE]
+    if stolen:
+        t.caption = (
+            f"the hypervisor took {100 * STEAL_NOTE:.0f}% or more of the CPU in {len(stolen)} "
+            f"of {len(steals)} runs (up to {100 * max(stolen):.0f}%): read those verdicts "
+            "with care"
+        )
     return t
+
+
+def _steal(run: Mapping[str, Any]) -> float | None:
+    """The hypervisor's share of the CPU during a run (`machine_cpu`), if recorded."""
+    return (run.get("machine_cpu") or {}).get("steal")

@@ -219,6 +219,14 @@ def test_capacity_and_compare_tables() -> None:
     text = render(compare_table(cmp))
     assert compare_table(cmp).row_count == 2
     assert "opstream" in text and "300.00" in text and "2.00" in text
+    assert compare_table(cmp).caption is None and len(t.columns) == 5  # no steal recorded
+    # runs that record the machine's CPU shares: a steal column, and a note past 5%
+    quiet, stolen = ({"busy": 0.6, "idle": 0.4 - x, "steal": x} for x in (0.01, 0.12))
+    cap["runs"] = [bench_result() | {"machine_cpu": m} for m in (quiet, stolen)]
+    t = capacity_table(cap)
+    assert [c.header for c in t.columns][-1] == "steal" and "12%" in render(t)
+    note = compare_table(cmp | {"presets": {"baseline": cap}}).caption
+    assert "5% or more of the CPU in 1 of 2 runs (up to 12%)" in note
 
 
 def test_write_json_atomic_and_nan_to_null(tmp_path) -> None:
