@@ -123,6 +123,27 @@ def test_simulate_and_fidelity_commands(tmp_path, profile_path):
     assert res.exit_code == 0, res.output
     f = json.loads(fid.read_text())
     assert len(f["loads"]) == 1 and f["loads"][0]["error"]["p95"] is not None
+    assert f["capacity"] == {"source": "given"}
+
+
+def test_fidelity_command_takes_its_loads_from_a_real_probe_run(tmp_path, profile_path):
+    """No `--qps`: a real probe run measures the capacity the three loads are fractions of."""
+    fid = tmp_path / "fid.json"
+    res = CliRunner().invoke(
+        app,
+        [
+            "fidelity", MODEL, "--duration", "0.3", "--profile", str(profile_path),
+            "--sizes", "fixed:8", "--sla-ms", "500", "--interference", "default",
+            "--json", str(fid),
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    f = json.loads(fid.read_text())
+    cap = f["capacity"]
+    assert cap["source"] == "run" and cap["qps"] > 0 and cap["probe_qps"] > 0
+    loads = [row["qps"] for row in f["loads"]]
+    assert loads == [round(x * cap["qps"], 1) for x in fidelity_mod.DEFAULT_LOADS]
+    assert "loads from a capacity of" in res.output
 
 
 def test_capacity_search_on_the_simulator(profile_path, monkeypatch):
