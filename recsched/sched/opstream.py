@@ -75,14 +75,15 @@ class OpStreamOptions:
       lost).
     - `gate_ratio`: a batch is low-value when its value is at most the highest value seen
       (or `high_value`) divided by this.
-    - `gate_on`: when low-value work is held to `gate_lanes` lanes: `active` (default) while
-      any high-value batch is in flight, `waiting` only while a high-value op is ready and
-      not issued (rarely, since a ready high-value op takes a free lane first: in effect the
-      lane limit is off). Low-value pieces stay within `gate_s` while high-value work is in
-      flight either way. Under 2x overload through the server, `active` held low-value work
-      to one lane of two much of the time; `waiting` had the lower median high-value p99
-      there (62 against 114 ms, four runs each, a noisy spread; BENCHMARKS.md, the HTTP
-      server's overload).
+    - `gate_on`: when low-value work is held to `gate_lanes` lanes: `waiting` (default) only
+      while a high-value op is ready and not issued (rarely, since a ready high-value op
+      takes a free lane first: in effect the lane limit is off), `active` while any
+      high-value batch is in flight. Low-value pieces stay within `gate_s` while high-value
+      work is in flight either way. Under 2x overload through the server, `active` held
+      low-value work to one lane of two much of the time; `waiting` had the lower median
+      high-value p99 there (62 against 114 ms, four runs each, a noisy spread), and in-process
+      at 70% load it was within the noise of `active` on rmc1 and din and better on dien
+      (BENCHMARKS.md: the HTTP server's overload; OpStream, sixth session).
     - `live_slack`: slack from the *remaining* critical path (least-slack-first). Off by
       default: batches that progressed would lose priority to fresh ones, and the tail grows
       (measured); the slack uses the batch's whole critical path (latest start time).
@@ -107,7 +108,7 @@ class OpStreamOptions:
     gate_frac: float = 0.2
     gate_lanes: int | None = None
     gate_ratio: float = 2.0
-    gate_on: str = "active"
+    gate_on: str = "waiting"
     high_value: float | None = None
     min_piece_rows: int = 8
     piece_overhead: float = 0.25

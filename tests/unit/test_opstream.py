@@ -170,7 +170,7 @@ def one_high_three_low(**o) -> tuple[OpStream, list[Task]]:
 
 @pytest.mark.parametrize("gating, low_tasks", [(True, 1), (False, 2)])
 def test_low_value_work_is_gated_while_high_value_is_active(gating, low_tasks):
-    p, tasks = one_high_three_low(gating=gating, gate_lanes=1)
+    p, tasks = one_high_three_low(gating=gating, gate_lanes=1, gate_on="active")
     assert tasks[0].bid == 0
     assert sum(t.bid != 0 for t in tasks) == low_tasks
     assert p.idle_lanes("cpu") == 0  # gated work is still waiting: not idle
