@@ -198,8 +198,8 @@ def closed_loops(s: Setup, a, lanes: int, tpl: int, seconds: float = 3.0) -> lis
 
     import torch
 
+    from recsched.bench.run import run_closed_loop, warm_up
     from recsched.engine import Engine
-    from recsched.types import Query
 
     pool = s.pool()
     forward = s.adapter.runner()
@@ -228,26 +228,10 @@ def closed_loops(s: Setup, a, lanes: int, tpl: int, seconds: float = 3.0) -> lis
         return sum(done) / (time.perf_counter() - t0)
 
     def engine() -> tuple[float, float]:
-        rng = np.random.default_rng(1)
         with Engine(s.adapter, s.config("baseline"), validate=False) as eng:
-            for n in (1, 64, 256, 1024):
-                eng.submit(Query(-n, s.adapter.name, n), pool.take(0, n)).result()
-            slots = threading.Semaphore(a.inflight)
-            busy0 = sum(lane.stats.busy_s for lane in eng.lanes)
-            t0, items, i = time.perf_counter(), 0, 0
-            while time.perf_counter() - t0 < seconds:
-                n = int(mix[i % len(mix)])
-                slots.acquire()
-                x = pool.take(int(rng.integers(0, pool.rows - n + 1)), n)
-                eng.submit(Query(i, s.adapter.name, n), x).add_done_callback(
-                    lambda _f: slots.release()
-                )
-                items, i = items + n, i + 1
-            for _ in range(a.inflight):
-                slots.acquire()
-            wall = time.perf_counter() - t0
-            busy = sum(lane.stats.busy_s for lane in eng.lanes) - busy0
-        return items / wall, busy / wall / len(eng.lanes)
+            warm_up(eng, pool, (1, 64, 256, 1024))
+            r = run_closed_loop(eng, pool, mix, a.inflight, seconds)
+        return r["items_per_s"], r["lane_utilization"]
 
     rows = []
     print(f"\nclosed loops, {lanes} lanes x {tpl} thread(s), items/s")

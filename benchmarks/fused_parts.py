@@ -20,56 +20,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
+from recsched.bench.run import run_closed_loop, warm_up
 from recsched.bench.setup import Setup
 from recsched.engine import Engine
 from recsched.models.compiled import python_parts
-from recsched.types import Query
 from recsched.workload.sizes import parse_sizes
 
 VARIANTS = ("fused", "python")
+WARM_SIZES = (1, 64, 256, 1024)  # each size class once, twice over, before the loop
 
 
 def closed_loop(s: Setup, variant: str, inflight: int, seconds: float, mix: np.ndarray) -> dict:
-    """One closed-loop run of the engine with `variant` parts; lanes' figures over the run."""
+    """One closed-loop run of the engine with `variant` parts (`run_closed_loop`)."""
     pool = s.pool()
-    rng = np.random.default_rng(1)
     eng = Engine(s.adapter, s.config("dynamic"), validate=False)
     if variant == "python":
         eng.forward_parts = python_parts(eng.forward)
     with eng:
-        for n in (1, 64, 256, 1024):  # warm each size class once
-            eng.submit(Query(-n, s.adapter.name, n), pool.take(0, n)).result()
-        slots = threading.Semaphore(inflight)
-        busy0 = [lane.stats.busy_s for lane in eng.lanes]
-        cpu0 = [lane.stats.cpu_s for lane in eng.lanes]
-        t0, items, i = time.perf_counter(), 0, 0
-        while time.perf_counter() - t0 < seconds:
-            n = int(mix[i % len(mix)])
-            slots.acquire()
-            x = pool.take(int(rng.integers(0, pool.rows - n + 1)), n)
-            fut = eng.submit(Query(i, s.adapter.name, n), x)
-            fut.add_done_callback(lambda _f: slots.release())
-            items, i = items + n, i + 1
-        for _ in range(inflight):
-            slots.acquire()
-        wall = time.perf_counter() - t0
-        busy = sum(lane.stats.busy_s for lane in eng.lanes) - sum(busy0)
-        cpu = sum(lane.stats.cpu_s for lane in eng.lanes) - sum(cpu0)
-        lanes = len(eng.lanes)
-    return {
-        "variant": variant,
-        "items_per_s": items / wall,
-        "lane_utilization": busy / wall / lanes,
-        "lane_running": cpu / busy if busy else 0.0,
-        "lane_ms_per_1k_items": busy / items * 1e6,
-        "queries": i,
-    }
+        warm_up(eng, pool, WARM_SIZES)
+        return {"variant": variant, **run_closed_loop(eng, pool, mix, inflight, seconds)}
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ arrival, so a late issue counts against the engine, never hides (no coordinated 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from recsched.metrics.machine import machine_shares, machine_ticks
 from recsched.metrics.report import cost_core_s_per_1k
 from recsched.metrics.trace import TraceRecorder
 from recsched.models.base import Inputs, ModelAdapter, slice_rows
-from recsched.types import DEFAULT_CLASS, PriorityClass
+from recsched.types import DEFAULT_CLASS, PriorityClass, Query
 from recsched.workload import Workload, generate
 from recsched.workload.arrivals import parse_arrivals
 from recsched.workload.sizes import parse_sizes
@@ -247,14 +248,52 @@ def attach_trace(engine: Engine, trace: TraceRecorder | None) -> None:
 
 def warm_up(engine: Engine, pool: InputPool, sizes: tuple[int, ...] = (1, 16, 64, 256)) -> None:
     """Run a few queries synchronously so first-call costs stay out of the measurement."""
-    from recsched.types import Query
-
     qid = -1
     for n in sizes:
         for _ in range(2):
             n = min(n, pool.rows)
             engine.submit(Query(qid, engine.adapter.name, n), pool.take(0, n)).result(timeout=60)
             qid -= 1
+
+
+def run_closed_loop(
+    engine: Engine,
+    pool: InputPool,
+    sizes: np.ndarray,
+    inflight: int,
+    seconds: float,
+    seed: int = 1,
+) -> dict[str, float]:
+    """Keep `inflight` queries in flight on a started engine for `seconds`, with no arrival
+    process: a new query (the next of `sizes`, cycled; rows at a seeded offset) as soon as one
+    finishes. What the engine sustains when it never waits for work: items/s, the lanes' mean
+    utilization, the share of their busy time their threads ran (CPU / busy), lane-ms per
+    1,000 items, and the queries served."""
+    rng = np.random.default_rng(seed)
+    slots = threading.Semaphore(inflight)
+    lanes = engine.lanes
+    busy0 = sum(lane.stats.busy_s for lane in lanes)
+    cpu0 = sum(lane.stats.cpu_s for lane in lanes)
+    t0, items, i = time.perf_counter(), 0, 0
+    while time.perf_counter() - t0 < seconds:
+        n = int(sizes[i % len(sizes)])
+        slots.acquire()
+        x = pool.take(int(rng.integers(0, pool.rows - n + 1)), n)
+        fut = engine.submit(Query(i, engine.adapter.name, n), x)
+        fut.add_done_callback(lambda _f: slots.release())
+        items, i = items + n, i + 1
+    for _ in range(inflight):  # every query finished
+        slots.acquire()
+    wall = time.perf_counter() - t0
+    busy = sum(lane.stats.busy_s for lane in lanes) - busy0
+    cpu = sum(lane.stats.cpu_s for lane in lanes) - cpu0
+    return {
+        "items_per_s": items / wall,
+        "lane_utilization": busy / wall / len(lanes),
+        "lane_running": cpu / busy if busy else 0.0,
+        "lane_ms_per_1k_items": busy / items * 1e6,
+        "queries": i,
+    }
 
 
 def bench_once(

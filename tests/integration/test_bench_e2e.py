@@ -2,12 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from recsched.bench.run import InputPool, LoadSpec, bench_once
+from recsched.bench.run import InputPool, LoadSpec, bench_once, run_closed_loop, warm_up
 from recsched.cli import app
 from recsched.config import preset
+from recsched.engine import Engine
 from recsched.models.registry import load_model
 from recsched.workload.classes import parse_classes
 
@@ -85,3 +87,17 @@ def test_cli_sweep_writes_json_and_plot(tmp_path):
     for cap in r["presets"].values():
         assert [run["offered_qps"] for run in cap["runs"]] == [20.0, 40.0]
     assert (plots / "sweep-ncf.png").stat().st_size > 5000
+
+
+def test_closed_loop_keeps_queries_in_flight_and_counts_every_item():
+    """`run_closed_loop`: every issued query finishes before it returns, and the lanes'
+    figures come from the same span."""
+    ad = load_model("ncf", scale="small")
+    pool = InputPool.make(ad, rows=256)
+    with Engine(ad, preset("dynamic", lanes=2, batch_size=32)) as eng:
+        warm_up(eng, pool, (1, 32))
+        done0 = eng.completed
+        r = run_closed_loop(eng, pool, np.array([5, 40, 1, 17]), inflight=3, seconds=0.3)
+        assert eng.completed - done0 == r["queries"] > 0 and eng.pending() == 0
+    assert r["items_per_s"] > 0 and 0 < r["lane_utilization"] <= 1
+    assert 0 < r["lane_running"] <= 1.05 and r["lane_ms_per_1k_items"] > 0
