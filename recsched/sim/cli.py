@@ -295,11 +295,11 @@ def fidelity_cmd(
     json_path: JsonOpt = None,
 ) -> None:
     """Simulated vs real p50/p95/p99 at three loads, same seed and configuration."""
-    from recsched.sim.fidelity import fidelity
+    from recsched.sim.fidelity import LOADS_FROM, fidelity
     from recsched.sim.run import DEFAULT_TASK_OVERHEAD_S as DEFAULT_OVERHEAD
 
-    if loads_from not in ("run", "profile"):
-        why = f"'run' or 'profile', not {loads_from!r}"
+    if loads_from not in LOADS_FROM:
+        why = f"{' or '.join(map(repr, LOADS_FROM))}, not {loads_from!r}"
         raise typer.BadParameter(why, param_hint="--loads-from")
     cfg, name = _config(preset_name, lanes, batch_size)
     loads = [float(x) for x in qps.split(",")] if qps else None

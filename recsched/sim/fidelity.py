@@ -61,6 +61,7 @@ PERCENTILES = ("p50", "p95", "p99")
 GOAL_P95 = 0.15
 DEFAULT_LOADS = (0.3, 0.6, 0.85)  # fractions of the estimated capacity
 PROBE_LOAD = 0.3  # the probe run's load, a fraction of the profile's capacity estimate
+LOADS_FROM = ("run", "profile")  # what the default loads are fractions of (`fidelity`)
 HANDOFF_MAX_S = 1e-3  # lane gaps shorter than this are hand-offs, longer ones idling
 HANDOFF_MIN_GAPS = 20
 
@@ -345,8 +346,8 @@ def fidelity(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    if loads_from not in ("run", "profile"):
-        raise ValueError(f"loads_from is 'run' or 'profile', got {loads_from!r}")
+    if loads_from not in LOADS_FROM:
+        raise ValueError(f"loads_from is one of {LOADS_FROM}, got {loads_from!r}")
     from recsched.bench.setup import Setup  # the real engine and torch: only when asked
 
     cfg, name = resolve_config(config)
