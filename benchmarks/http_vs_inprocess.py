@@ -233,19 +233,23 @@ def phases(s0: dict, s1: dict, keys: tuple[str, ...] | None = PHASES) -> dict[st
     return out
 
 
+def metrics_text(url: str, timeout: float = 10.0) -> str:
+    """The server's Prometheus exposition (`/metrics`)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as r:
+        return r.read().decode()
+
+
 def cost_scale(url: str, model: str) -> float | None:
     """Admission's online cost scale (measured engine time / the cost model's), from /metrics."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("recsched_admission_cost_scale{") and f'model="{model}"' in line:
-                return round(float(line.rsplit(" ", 1)[1]), 3)
+    for line in metrics_text(url).splitlines():
+        if line.startswith("recsched_admission_cost_scale{") and f'model="{model}"' in line:
+            return round(float(line.rsplit(" ", 1)[1]), 3)
     return None
 
 
 def lane_seconds(url: str, model: str) -> dict[str, dict[str, float]]:
     """Per lane: seconds it held a task (`busy`) and its thread's CPU meanwhile (`cpu`)."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
-        text = r.read().decode()
+    text = metrics_text(url)
     out: dict[str, dict[str, float]] = {}
     for key, labels, v in re.findall(r"recsched_lane_(busy|cpu)_seconds_total{(.*?)} (\S+)", text):
         lab = dict(re.findall(r'(\w+)="([^"]*)"', labels))
@@ -290,7 +294,7 @@ def thread_waits(t0: dict, t1: dict, min_cpu_s: float = 0.05) -> dict[str, dict[
 
 
 def pending(url: str, model: str) -> float:
-    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    text = metrics_text(url, timeout=5.0)
     m = re.search(rf'nv_inference_pending_request_count{{model="{model}".*?}} (\S+)', text)
     return float(m.group(1)) if m else 0.0
 
