@@ -76,6 +76,7 @@ def serve_main(a: argparse.Namespace) -> None:
     sc = ServerConfig(
         queue_capacity=a.queue_capacity, window=a.window, admission=a.admission,
         reserve=a.reserve, sla_ms=a.sla_ms, engine_factory=factory, wire_ids=a.wire_ids,
+        guard=a.guard,
     )  # fmt: skip
     ad = load_model(a.model, scale=a.scale, seed=a.seed)
     server = RecschedServer({a.model: ad}, cfg, sc, parse_classes(a.classes))
@@ -176,6 +177,7 @@ def start_server(
         json.dumps(cfg.to_dict()), "--model", a.model, "--scale", a.scale, "--seed",
         str(a.seed), "--queue-capacity", str(a.queue_capacity), "--admission", a.admission,
         "--reserve", str(a.reserve), "--wire-ids", a.wire_ids,
+        *(["--guard", str(a.guard)] if a.guard is not None else []),
     ]  # fmt: skip
     if a.window:
         args += ["--window", str(a.window)]
@@ -245,6 +247,16 @@ def cost_scale(url: str, model: str) -> float | None:
         if line.startswith("recsched_admission_cost_scale{") and f'model="{model}"' in line:
             return round(float(line.rsplit(" ", 1)[1]), 3)
     return None
+
+
+def guard_shares(url: str, model: str) -> dict[str, float]:
+    """The tail guard's admitted share per class at this moment, from /metrics ({}: no guard)."""
+    out: dict[str, float] = {}
+    for labels, v in re.findall(r"recsched_admission_guard_share{(.*?)} (\S+)", metrics_text(url)):
+        lab = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if lab.get("model") == model:
+            out[lab["class"]] = round(float(v), 3)
+    return out
 
 
 def lane_seconds(url: str, model: str) -> dict[str, dict[str, float]]:
@@ -636,6 +648,7 @@ def main() -> None:
     ap.add_argument("--queue-capacity", type=int, default=100_000)
     ap.add_argument("--admission", default="predicted", choices=["count", "predicted"])
     ap.add_argument("--reserve", type=float, default=0.25, help="server: admission reserve")
+    ap.add_argument("--guard", type=float, help="server: tail guard target (default: none)")
     ap.add_argument("--client", default="raw", choices=["raw", "aiohttp"])
     ap.add_argument(
         "--wire-ids", default="int32", choices=["int32", "model"], help="index inputs' dtype"
@@ -721,6 +734,7 @@ def main() -> None:
                     r["x_capacity"] = x
                     r["server_phases"] = phases(s0, server_stats(url, a.model))
                     r["cost_scale"] = cost_scale(url, a.model)
+                    r["guard_share"] = guard_shares(url, a.model)
                     r["lanes"] = lane_stall(l0, lane_seconds(url, a.model))
                     r["threads"] = thread_waits(t0, thread_sched(proc.pid))
                     r["threads"]["loop"] = r["threads"].pop(str(proc.pid), {})
@@ -729,7 +743,9 @@ def main() -> None:
                     show_classes(f"{key} {x:g}x capacity", r)
                     print("      server phases, mean ms per request: " + ", ".join(
                         f"{k} {v:.2f}" for k, v in r["server_phases"].items()
-                    ) + f"; admission cost scale {r['cost_scale']}")  # fmt: skip
+                    ) + f"; admission cost scale {r['cost_scale']}" + (
+                        f"; guard share at the end {r['guard_share']}" if r["guard_share"] else ""
+                    ))  # fmt: skip
                     print("      lanes, share of busy time not running: " + ", ".join(
                         f"{k} {v['stall']:.2f} of {v['busy_s']:.1f} s"
                         for k, v in r["lanes"].items()

@@ -31,6 +31,10 @@ Two ways to keep engine room for valuable work (with several classes):
   served when it need not wait.) The most valuable class is never shed by prediction, only
   by its queue bounds and timeouts.
 
+With a `guard` (`recsched.server.guard.TailGuard`), classes below the top are also admitted
+only at the share the guard allows, which it steers by the top class's measured latency
+(`served`): shed at the offer or, better, on the JSON header (`refuse_early`).
+
 Priority levels follow Triton's schedule-policy extension: 1 is the highest; level k is
 the k-th most valuable class; 0 (unset) is the default level, the lowest-value class.
 """
@@ -43,6 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from recsched.server.guard import TailGuard
 from recsched.types import PriorityClass
 
 _EPS = 1e-12
@@ -74,7 +79,8 @@ class Ticket:
 
     `arrival_s` / `deadline_s` are on the server's clock (deadline inf: no timeout).
     `cost_s` is its predicted lane-seconds (0 without a cost model), set by `offer`.
-    `why` says why it was shed. `payload` and `waiter` belong to the caller.
+    `why` says why it was shed. `screened`: `refuse_early` already let it pass (the guard
+    does not charge it twice). `payload` and `waiter` belong to the caller.
     """
 
     seq: int
@@ -86,6 +92,7 @@ class Ticket:
     entered_s: float = 0.0  # when it entered the engine
     cost_s: float = 0.0
     why: str = ""
+    screened: bool = False
     payload: Any = None
     waiter: Any = None
 
@@ -99,7 +106,8 @@ class AdmissionQueue:
     `reserve`: below the top class, the engine backlog may reach this share of the top
     class's SLA. `wait_share`: the share of its SLA a ticket below the top class may wait
     before it is shed (when it would miss its SLA). Classes need `sla_ms` for the predicted
-    mode; without them (or without `cost_s`) the count mode applies.
+    mode; without them (or without `cost_s`) the count mode applies. `guard`: a `TailGuard`
+    over the classes below the top (either mode).
     """
 
     classes: Sequence[PriorityClass]
@@ -110,6 +118,7 @@ class AdmissionQueue:
     lanes: int = 1
     reserve: float = 0.25
     wait_share: float = 0.5
+    guard: TailGuard | None = None
 
     def __post_init__(self) -> None:
         assert self.capacity >= 1 and self.window >= 1 and self.lanes >= 1
@@ -123,9 +132,12 @@ class AdmissionQueue:
         self.running = 0
         self.work_running = 0.0  # predicted lane-seconds of the tickets in the engine
         self._running_low = 0  # places held by the lowest-value class (count mode)
+        self._running_top = 0  # places held by the most valuable class
         self.shed_count: dict[str, int] = dict.fromkeys(names, 0)
         self.predicted = self.cost_s is not None and all(c.sla_ms for c in self.order)
         top = self.order[0]
+        if self.guard is not None:
+            assert list(self.guard.below) == names[1:], "the guard covers the classes below the top"
         self.gate_s = self.reserve * top.sla_ms / 1e3 if self.predicted and top.sla_ms else None
 
     # -- the API ---------------------------------------------------------------------
@@ -140,6 +152,10 @@ class AdmissionQueue:
             assert self.cost_s is not None
             t.cost_s = max(0.0, float(self.cost_s(t.n_items)))
             why = self._predicted_miss(t)
+            if why is not None:
+                return [self._shed(t, why)]
+        if not t.screened:
+            why = self._guarded(t.cls, t.arrival_s)
             if why is not None:
                 return [self._shed(t, why)]
         shed: list[tuple[Ticket, str]] = []
@@ -194,6 +210,7 @@ class AdmissionQueue:
                 self.running += 1
                 self.work_running += t.cost_s
                 self._running_low += c.name == low
+                self._running_top += rank == 0
                 enter.append(t)
         self.check_invariants()
         return enter, dropped
@@ -205,7 +222,15 @@ class AdmissionQueue:
         self.running -= 1
         self.work_running = self.work_running - t.cost_s if self.running else 0.0
         self._running_low -= t.cls.name == self.order[-1].name
+        self._running_top -= t.cls.name == self.order[0].name
         self.check_invariants()
+
+    def served(self, t: Ticket, now: float) -> None:
+        """`t` finished with its scores at `now` (after `finish`): the guard learns from the
+        top class's latency, against its predicted time alone (its lane-seconds over the
+        lanes)."""
+        if self.guard is not None and t.cls.name == self.order[0].name:
+            self.guard.observe(now - t.arrival_s, t.cost_s / self.lanes, now, self._top_busy())
 
     def cancel(self, t: Ticket, state: str = "cancelled") -> bool:
         """Remove a ticket still queued (timed out, client gone); False if it already left."""
@@ -216,17 +241,26 @@ class AdmissionQueue:
         t.state = state
         return True
 
-    def refuse_early(self, cls: PriorityClass, n_items: int) -> str | None:
-        """Why a request of `cls` and `n_items` would be shed by its offer now, predicted
-        (None: offer it); counted as shed. For shedding before its body is read."""
-        if not self.predicted or cls.name == self.order[0].name:
+    def refuse_early(self, cls: PriorityClass, n_items: int, now: float = 0.0) -> str | None:
+        """Why a request of `cls` and `n_items` would be shed by its offer at `now`, predicted
+        or by the guard (None: offer it, as a ticket `screened`); counted as shed. For shedding
+        before its body is read."""
+        if cls.name == self.order[0].name:
             return None
-        assert self.cost_s is not None
-        t = Ticket(-1, cls, n_items, 0.0, cost_s=max(0.0, float(self.cost_s(n_items))))
-        why = self._predicted_miss(t)
+        why = None
+        if self.predicted:
+            assert self.cost_s is not None
+            t = Ticket(-1, cls, n_items, 0.0, cost_s=max(0.0, float(self.cost_s(n_items))))
+            why = self._predicted_miss(t)
+        if why is None:
+            why = self._guarded(cls, now)
         if why is not None:
             self.shed_count[cls.name] += 1
         return why
+
+    def screens(self) -> bool:
+        """Whether `refuse_early` can shed anything (predicted mode or a guard)."""
+        return self.predicted or self.guard is not None
 
     def low_cap(self) -> int:
         """Engine places the lowest-value class may hold (all of them with one class)."""
@@ -248,6 +282,17 @@ class AdmissionQueue:
         return (max(0.0, self.work_running) + max(0.0, ahead)) / self.lanes
 
     # -- internals -------------------------------------------------------------------
+    def _top_busy(self) -> bool:
+        return self._running_top > 0 or bool(self._q[self.order[0].name])
+
+    def _guarded(self, cls: PriorityClass, now: float) -> str | None:
+        """Why the guard sheds an offer of `cls` (below the top) at `now`; None: it passes."""
+        g = self.guard
+        if g is None or cls.name == self.order[0].name:
+            return None
+        g.tick(now, self._top_busy())
+        return None if g.admit(cls.name) else g.why(cls.name)
+
     def _may_enter(self, t: Ticket, rank: int, lowest: bool) -> bool:
         if lowest and rank > 0 and self._running_low >= self.low_cap():
             return False  # both modes: places for the more valuable
@@ -290,6 +335,7 @@ class AdmissionQueue:
     def check_invariants(self) -> None:
         # (`running` may exceed a window shrunk by a reconfiguration until tickets finish)
         assert 0 <= self._running_low <= self.running, "lowest-class places among the running"
+        assert 0 <= self._running_top <= self.running, "top-class places among the running"
         assert self.queued() <= self.capacity, "the queues hold at most `capacity`"
         assert self.work_running >= -1e-9 and (self.running or self.work_running == 0.0)
 

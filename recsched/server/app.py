@@ -57,6 +57,7 @@ from recsched.server.admission import (
     class_for_priority,
     priority_order,
 )
+from recsched.server.guard import TailGuard
 from recsched.server.health import LaneWatchdog
 from recsched.server.metrics import ServerMetrics, Timings
 from recsched.server.predict import QueryCost, whole_s_from_profile
@@ -92,6 +93,10 @@ class ServerConfig:
     SLA (`sla_ms` gives one to those without) and a cost: `cost(adapter, config)` returns
     `n_items -> predicted lane-seconds`; None: the model's profile (`recsched profile`,
     measured once and cached), see `recsched.server.predict`.
+    guard: with several classes and an SLA for the most valuable, the target of the tail
+    guard (`recsched.server.guard`): classes below the top are admitted at a share steered
+    so that the top class's slowest requests use at most this share of their waiting budget
+    (None: no guard).
     wire_ids: `int32` (index inputs whose ids fit travel as INT32, half the bytes; the
     metadata and config say so) or `model` (the model's own dtype, INT64), `codec.wire_dtype`.
     """
@@ -112,6 +117,7 @@ class ServerConfig:
     sla_ms: float | None = None
     cost: Callable[[ModelAdapter, EngineConfig], Callable[[int], float]] | None = None
     wire_ids: str = "int32"
+    guard: float | None = None
 
     def __post_init__(self) -> None:
         if self.wire_ids not in codec.WIRE_IDS:
@@ -122,9 +128,19 @@ class ServerConfig:
             raise ValueError(f"admission is 'count' or 'predicted', not {self.admission!r}")
         if not (0.0 < self.reserve <= 1.0 and 0.0 <= self.wait_share <= 1.0):
             raise ValueError("reserve is in (0, 1] and wait_share in [0, 1]: shares of an SLA")
+        if self.guard is not None and not 0.0 < self.guard <= 1.0:
+            raise ValueError(f"guard is a share of the waiting budget in (0, 1], not {self.guard}")
 
     def window_for(self, cfg: EngineConfig) -> int:
         return self.window or 2 * (cfg.lanes + cfg.accel_lanes)
+
+
+def tail_guard(classes: Sequence[PriorityClass], target: float | None) -> TailGuard | None:
+    """The tail guard over `classes` (most valuable first) at `target`, when it applies:
+    several classes, the top one with an SLA."""
+    if target is None or len(classes) < 2 or not classes[0].sla_ms:
+        return None
+    return TailGuard(classes[0].sla_ms / 1e3, [c.name for c in classes[1:]], target=target)
 
 
 def lanes_of(cfg: EngineConfig) -> int:
@@ -336,6 +352,7 @@ class ModelHost:
         self.admission = AdmissionQueue(
             classes, sc.queue_capacity, sc.window_for(config), cost_s=self.cost,
             lanes=lanes_of(config), reserve=sc.reserve, wait_share=sc.wait_share,
+            guard=tail_guard(classes, sc.guard),
         )  # fmt: skip
         if sc.admission == "predicted" and not self.admission.predicted:
             log.warning("model %s: predicted admission needs an SLA for every class "
@@ -379,12 +396,16 @@ class ModelHost:
         return eng
 
     # -- serving (event loop) -------------------------------------------------------------
-    async def run(self, req: codec.InferRequest, cls: PriorityClass, t: Timings) -> Any:
-        """Queue, run and await one request; returns scores [n_items, out_dim]."""
+    async def run(
+        self, req: codec.InferRequest, cls: PriorityClass, t: Timings, screened: bool = False
+    ) -> Any:
+        """Queue, run and await one request; returns scores [n_items, out_dim].
+        `screened`: admission let it pass on its JSON header (`refuse_early`)."""
         self.loop = asyncio.get_running_loop()
         deadline = t.arrival + req.timeout_us / 1e6 if req.timeout_us else math.inf
         waiter = self.loop.create_future()
         ticket = Ticket(next(self._qids), cls, req.n_items, t.arrival, deadline)
+        ticket.screened = screened
         ticket.payload, ticket.waiter = req, waiter
         for shed, why in self.admission.offer(ticket):
             if not shed.waiter.done():
@@ -483,6 +504,8 @@ class ModelHost:
                 outcome.set_exception(exc)
             else:
                 outcome.set_result(fut.result())
+        if exc is None:
+            self.admission.served(t, time.perf_counter())
         if exc is None and isinstance(self.cost, QueryCost) and isinstance(self.engine, Engine):
             self.cost.finished(t.n_items, self._busy_s)
         self._pump()
@@ -708,6 +731,9 @@ class RecschedServer:
             if h.admission.predicted:
                 self.metrics.backlog.labels(h.name).set(h.admission.backlog_s())
                 self.metrics.cost_scale.labels(h.name).set(getattr(h.cost, "scale", 1.0))
+            if h.admission.guard is not None:
+                for c, share in h.admission.guard.share.items():
+                    self.metrics.guard_share.labels(h.name, c).set(share)
         body = self.metrics.render({n: h.engine for n, h in self.hosts.items()})
         return Response(body, 200, media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -742,19 +768,24 @@ class RecschedServer:
             if self._inflight == 0:
                 self._idle.set()
 
-    async def _decode(self, h: ModelHost, scope: Scope, receive: Receive) -> codec.InferRequest:
+    async def _decode(
+        self, h: ModelHost, scope: Scope, receive: Receive
+    ) -> tuple[codec.InferRequest, bool]:
+        """The request, and whether admission already screened it on its JSON header."""
         limits = self.config.limits
         headers = infer_headers(scope)
         reader = BodyReader(receive, headers.get("content-length"), limits.max_body_bytes)
         hl = headers.get("inference-header-content-length", "")
-        if h.admission.predicted and hl.isdigit() and "content-encoding" not in headers:
-            await reader.fill(int(hl))  # shed on the header alone if it would miss its SLA
+        screened = False
+        if h.admission.screens() and hl.isdigit() and "content-encoding" not in headers:
+            await reader.fill(int(hl))  # shed on the header alone when it would be shed anyway
             peek = codec.peek_request(reader.head(int(hl)), len(self.classes))
             if peek is not None:
                 cls = class_for_priority(self.classes, peek[0])
-                why = h.admission.refuse_early(cls, peek[1])
+                why = h.admission.refuse_early(cls, peek[1], time.perf_counter())
                 if why is not None:
                     raise EarlyShed(why, cls)
+                screened = True
         body = await reader.body()
         body = codec.decompress(body, headers.get("content-encoding"), limits.max_body_bytes)
         args = (
@@ -767,12 +798,12 @@ class RecschedServer:
             self.config.wire_ids,
         )
         if len(body) >= self.config.decode_in_thread_bytes:
-            return await asyncio.to_thread(codec.decode_request, *args)
-        return codec.decode_request(*args)
+            return await asyncio.to_thread(codec.decode_request, *args), screened
+        return codec.decode_request(*args), screened
 
     async def _infer(self, h: ModelHost, scope: Scope, receive: Receive, t: Timings) -> Reply:
         try:
-            req = await self._decode(h, scope, receive)
+            req, screened = await self._decode(h, scope, receive)
         except codec.RequestError as e:
             self.metrics.refused(h.name)
             return error_reply(e.status, str(e))
@@ -785,7 +816,7 @@ class RecschedServer:
         cls = class_for_priority(self.classes, req.priority)
         self.metrics.accepted(h.name)
         try:
-            scores = await h.run(req, cls, t)
+            scores = await h.run(req, cls, t, screened)
             t.computed = time.perf_counter()
             body, headers = codec.encode_response(
                 h.name, self.config.version, req.id, req.outputs, scores.numpy()

@@ -249,6 +249,11 @@ class ServerMetrics:
             "Measured / profiled lane time of finished work (predicted admission)",
             ["model"], registry=r,
         )  # fmt: skip
+        self.guard_share = Gauge(
+            "recsched_admission_guard_share",
+            "Share of a class's offers the tail guard admits (1: not throttled)",
+            ["model", "class"], registry=r,
+        )  # fmt: skip
         self.restarts = Counter(
             "recsched_lane_restarts_total", "Lanes replaced by the watchdog",
             ["model", "lane", "why"], registry=r,

@@ -7,12 +7,14 @@ the cost is fake (10 s of lane time per item) so no wall-clock wait can change a
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 
 import httpx
 
 from recsched.config import EngineConfig
 from recsched.types import PriorityClass
-from tests.integration.test_server import apost, served, wait_until
+from tests.integration.test_server import apost, body_for, served, wait_until
 
 HIGH = PriorityClass("high", 0.2, 10.0, 20.0)  # the engine may hold 5 ms of low work
 LOW = PriorityClass("low", 0.8, 1.0, 1e6)  # 1000 s: shed only by prediction, never by time
@@ -52,3 +54,27 @@ def test_predicted_admission_holds_low_value_work_and_sheds_what_would_be_late()
         assert adm.running == 0 and adm.work_running == 0.0
         text = httpx.get(bg.url + "/metrics").text
         assert 'recsched_shed_total{class="low",model="tiny",why="shed"} 1.0' in text
+
+
+def test_the_tail_guard_sheds_low_value_work_on_its_header_after_a_slow_top_class():
+    """A top class whose SLA no request can meet (1 us): after one completion and one of the
+    guard's periods, the next low-value request is shed on its JSON header, and /metrics says
+    what share of the class the guard admits."""
+    top = PriorityClass("high", 0.2, 10.0, 1e-3)
+    with served(classes=(top, LOW), guard=0.6) as (rs, bg, ad):
+        guard = rs.hosts["tiny"].admission.guard
+        assert guard is not None and guard.share == {"low": 1.0}
+        with httpx.Client(base_url=bg.url, timeout=30) as client:
+            body, headers, _ = body_for(priority=1)
+            assert client.post("/v2/models/tiny/infer", content=body, headers=headers).is_success
+            wait_until(lambda: guard._end is not None, "the guard heard the completion")
+            time.sleep(guard.period_s * 1.2)  # the period closes at the next offer
+            body, headers, _ = body_for(priority=2)
+            r = client.post("/v2/models/tiny/infer", content=body, headers=headers)
+            assert r.status_code == 503, r.text
+            assert "guarding the top class's tail" in r.json()["error"]
+            assert "its body was not read" in r.json()["error"]
+            text = client.get("/metrics").text
+        share = re.search(r'recsched_admission_guard_share{class="low",model="tiny"} (\S+)', text)
+        assert share is not None and 0.0 < float(share.group(1)) < 1.0
+        assert rs.hosts["tiny"].admission.shed_count == {"high": 0, "low": 1}
