@@ -525,6 +525,7 @@ def http_result(log: LatencyLog, counts: dict, setup: Setup, qps: float) -> dict
         "sla_ms": setup.sla_ms,
         "sla_met": bool(s["sla_met"]),
         "classes": classes,
+        "timeline": log.timeline(1.0),  # per second of arrivals: [start, queries, p99 ms]
     }
 
 
@@ -631,6 +632,8 @@ def show_classes(tag: str, r: dict) -> None:
         print(f"  {name:>8} (value {c['value']:g}): {c['queries']} queries, "
               f"{c['shed_503']} shed (503), {c['errors']} errors in all, p99 of served "
               f"{lat['p99']:.2f} ms (SLA {c['sla_ms']:.2f} ms: {verdict})", flush=True)  # fmt: skip
+        per_s = r.get("timeline", {}).get(name, [])
+        print("           p99 ms per second: " + " ".join(f"{p:.0f}" for _, _, p in per_s))
 
 
 def main() -> None:

@@ -151,6 +151,31 @@ class LatencyLog:
             ok = np.frombuffer(self._ok, dtype=np.int8).astype(bool)
         return {name: (lat[cls == c], ok[cls == c]) for name, c in codes.items()}
 
+    def timeline(self, window_s: float = 1.0, q: float = 99.0) -> dict[str, list[list[float]]]:
+        """class -> `[start_s, queries, q-th percentile ms of the successful]` per window of
+        scheduled arrival time, from the first arrival: how a tail moved during a run
+        (a load step, a controller settling). Empty windows give `[start, 0, nan]`."""
+        assert window_s > 0
+        with self._lock:
+            codes = dict(self._codes)
+            cls = np.frombuffer(self._cls, dtype=np.int64).copy()
+            arr = np.frombuffer(self._arr, dtype=np.float64).copy()
+            lat = np.frombuffer(self._done, dtype=np.float64) - arr
+            ok = np.frombuffer(self._ok, dtype=np.int8).astype(bool)
+        if not len(arr):
+            return {}
+        k = ((arr - arr.min()) // window_s).astype(np.int64)
+        out: dict[str, list[list[float]]] = {}
+        for name, c in codes.items():
+            rows = []
+            for w in range(int(k.max()) + 1):
+                sel = (cls == c) & (k == w)
+                good = lat[sel & ok]
+                p = float(np.percentile(good, q)) * 1e3 if len(good) else math.nan
+                rows.append([w * window_s, int(sel.sum()), p])
+            out[name] = rows
+        return out
+
     def by_class(self) -> dict[str, np.ndarray]:
         """class -> latencies (s) of its successful queries."""
         return {c: lat[ok] for c, (lat, ok) in self._columns().items()}

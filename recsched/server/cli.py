@@ -6,6 +6,7 @@ the command line works without them.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -25,6 +26,24 @@ def read_token(token_file: Path | None) -> str | None:
             raise typer.BadParameter(f"token file {token_file} is empty")
         return token
     return os.environ.get(TOKEN_ENV, "").strip() or None
+
+
+GUARD_TARGET = 0.4  # `--guard auto` (BENCHMARKS.md, "The tail guard")
+
+
+def parse_guard(text: str) -> float | None:
+    """`--guard`: auto (GUARD_TARGET), off (None) or a share in (0, 1]."""
+    if text == "auto":
+        return GUARD_TARGET
+    if text == "off":
+        return None
+    try:
+        share = float(text)
+    except ValueError:
+        share = math.nan
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"--guard is auto, off or a share in (0, 1], got {text!r}")
+    return share
 
 
 def register(app: typer.Typer) -> None:
@@ -60,6 +79,13 @@ def register(app: typer.Typer) -> None:
         ),
         reserve: float = typer.Option(
             0.25, help="predicted: engine backlog allowed below the top class (share of its SLA)."
+        ),
+        guard: str = typer.Option(
+            "auto",
+            help="Tail guard: with several classes and an SLA for the top one, admit the lower "
+            f"ones at a share steered so the top class's slowest requests wait at most this "
+            f"share of their SLA's room (AIMD; recsched/server/guard.py). auto = "
+            f"{GUARD_TARGET:g} | off | a share in (0, 1].",
         ),
         hang_s: float = typer.Option(30.0, help="A lane task longer than this is a hung lane."),
         wire_ids: str = typer.Option(
@@ -117,6 +143,7 @@ def register(app: typer.Typer) -> None:
             limits = Limits(max_batch_size, int(max_body_mb * (1 << 20)))
             if not 0.0 < reserve <= 1.0:
                 raise ValueError(f"--reserve is a share of an SLA in (0, 1], got {reserve:g}")
+            guard_target = parse_guard(guard)
             if wire_ids not in WIRE_IDS:
                 raise ValueError(f"--wire-ids is one of {', '.join(WIRE_IDS)}, not {wire_ids!r}")
             adapters = {m: load_model(m, scale=scale, seed=seed) for m in dict.fromkeys(models)}
@@ -131,14 +158,19 @@ def register(app: typer.Typer) -> None:
         sc = ServerConfig(
             limits=limits, queue_capacity=queue_capacity, hang_s=hang_s,
             trace_path=str(trace) if trace else None, admission=admission, sla_ms=sla_ms,
-            reserve=reserve, wire_ids=wire_ids,
+            reserve=reserve, wire_ids=wire_ids, guard=guard_target,
         )  # fmt: skip
         server = RecschedServer(
             adapters, cfg, sc, prio, token, loader=lambda m: load_model(m, scale=scale, seed=seed)
         )
         doors = "need the bearer token" if token else "are disabled"
+        guarded = any(h.admission.guard is not None for h in server.hosts.values())
+        if guarded:
+            admission += f" admission, tail guard {guard_target:g}"
+        else:
+            admission += " admission"
         typer.echo(
-            f"serving {', '.join(adapters)} ({preset}, {cfg.lanes} lanes, {admission} admission) "
+            f"serving {', '.join(adapters)} ({preset}, {cfg.lanes} lanes, {admission}) "
             f"on http://{host}:{port}; state-changing endpoints {doors}",
             err=True,
         )

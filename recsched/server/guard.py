@@ -9,7 +9,9 @@ is its predicted time with the lanes to itself (0 without a cost model; a query 
 for its SLA alone says nothing about contention and is not counted). Every `period_s`:
 
 - the worst use in the period above `target`: the lowest-value class whose admitted share is
-  above `floor` keeps `decrease` of it (multiplicative decrease);
+  above `floor` keeps `target / worst` of it, at most `decrease` and at least `cut` (a
+  multiplicative decrease in proportion to the overshoot, so a load step is met within a few
+  periods);
 - the period calm (worst use at most `calm` x `target`, or no top-class request in the
   server at all): the most valuable throttled class gets `increase` back (additive increase);
 - otherwise, or with top-class requests in the server but none finished: hold.
@@ -40,16 +42,18 @@ class TailGuard:
     below: Sequence[str]
     target: float = 0.6
     calm: float = 0.7
-    period_s: float = 0.25
+    period_s: float = 0.1
     decrease: float = 0.7
-    increase: float = 0.05
+    cut: float = 0.25
+    increase: float = 0.02
     floor: float = 0.0
     share: dict[str, float] = field(init=False)
 
     def __post_init__(self) -> None:
         assert self.sla_s > 0 and self.period_s > 0, "an SLA and a period"
         assert 0 < self.target and 0 < self.calm <= 1, "target > 0, calm in (0, 1]"
-        assert 0 < self.decrease < 1 and 0 < self.increase <= 1 and 0 <= self.floor < 1
+        assert 0 < self.cut <= self.decrease < 1 and 0 < self.increase <= 1
+        assert 0 <= self.floor < 1
         assert len(set(self.below)) == len(self.below), "class names are unique"
         self.share = dict.fromkeys(self.below, 1.0)
         self._credit = dict.fromkeys(self.below, 0.0)
@@ -101,14 +105,14 @@ class TailGuard:
     def _decide(self, busy: bool) -> None:
         worst, self._worst = self._worst, -1.0
         if worst > self.target:
-            self._lower()
+            self._lower(min(self.decrease, max(self.cut, self.target / worst)))
         elif (worst >= 0 and worst <= self.calm * self.target) or (worst < 0 and not busy):
             self._raise()
 
-    def _lower(self) -> None:
+    def _lower(self, factor: float) -> None:
         for name in reversed(self.below):  # the lowest value first
             if self.share[name] > self.floor + _EPS:
-                self.share[name] = max(self.floor, self.share[name] * self.decrease)
+                self.share[name] = max(self.floor, self.share[name] * factor)
                 self.decreases += 1
                 return
 

@@ -4,9 +4,12 @@ of the classes below the top, steered by the top class's latency; manual clock, 
 from __future__ import annotations
 
 import pytest
+from typer.testing import CliRunner
 
+from recsched.cli import app
 from recsched.server.admission import AdmissionQueue, Ticket
 from recsched.server.app import ServerConfig, tail_guard
+from recsched.server.cli import GUARD_TARGET, parse_guard
 from recsched.server.guard import TailGuard
 from recsched.types import PriorityClass
 
@@ -41,6 +44,17 @@ def test_a_slow_top_class_sheds_the_lowest_class_first_then_the_next():
     assert g.share == {"mid": 0.5, "low": 0.2}
     assert g.decreases == 4
     g.check_invariants()
+
+
+def test_the_cut_follows_the_overshoot_within_its_bounds():
+    g = guard()  # target 0.6, decrease 0.7, cut 0.25
+    g.tick(0.0, busy=True)
+    slow_period(g, 0.0, latency_s=0.040)  # use 0.8: 0.6 / 0.8 = 0.75, capped at 0.7
+    assert g.share["low"] == pytest.approx(0.7)
+    slow_period(g, P, latency_s=0.100)  # use 2.0: 0.3 of the share
+    assert g.share["low"] == pytest.approx(0.21)
+    slow_period(g, 2 * P, latency_s=1.0)  # use 20: no deeper than the 0.25 cut
+    assert g.share["low"] == pytest.approx(0.0525)
 
 
 def test_calm_periods_give_back_to_the_most_valuable_throttled_class_first():
@@ -130,7 +144,7 @@ def test_admission_feeds_the_guard_the_top_class_latency_and_its_presence():
     q.finish(top)
     q.served(top, 0.09)  # 90 ms, 10 ms of it alone (10 lane-ms, one lane): 80 of 40 ms waited
     g.tick(0.09 + P, busy=False)
-    assert g.share["low"] == 0.5
+    assert g.share["low"] == pytest.approx(0.3)  # cut in proportion: target 0.6 / use 2.0
     q.check_all()
 
 
@@ -143,3 +157,11 @@ def test_the_server_builds_a_guard_only_for_several_classes_with_a_top_sla():
     assert tail_guard([PriorityClass("a", 0.5, 2.0), LOW], 0.5) is None
     with pytest.raises(ValueError, match="guard is a share"):
         ServerConfig(guard=1.5)
+
+
+def test_serve_reads_its_guard_option():
+    assert parse_guard("auto") == GUARD_TARGET and parse_guard("off") is None
+    assert parse_guard("0.25") == 0.25
+    for bad in ("1.5", "0", "nan", "tight"):
+        res = CliRunner().invoke(app, ["serve", "rmc1", "--guard", bad])
+        assert res.exit_code == 2 and "--guard is auto, off or a share in (0, 1]" in res.output

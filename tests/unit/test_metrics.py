@@ -110,6 +110,21 @@ def test_latency_log_by_class_and_summary() -> None:
     assert log.items() == 100 * 4 + 199 * 8
 
 
+def test_latency_log_timeline_follows_the_tail_per_window() -> None:
+    log = LatencyLog()
+    for k in range(10):  # second 0: 1-10 ms; second 1: nothing; second 2: 100 ms and a failure
+        log.append("high", 5.0 + 0.1 * k, 5.0 + 0.1 * k + 1e-3 * (k + 1), 1)
+    log.append("high", 7.5, 7.6, 1)
+    log.append("high", 7.6, 9.0, 1, ok=False)
+    log.append("low", 6.2, 6.25, 1)
+    tl = log.timeline(1.0, q=100.0)
+    assert [row[:2] for row in tl["high"]] == [[0.0, 10], [1.0, 0], [2.0, 2]]
+    assert tl["high"][0][2] == pytest.approx(10.0) and math.isnan(tl["high"][1][2])
+    assert tl["high"][2][2] == pytest.approx(100.0)  # the failure is counted, not in the tail
+    assert [row[1] for row in tl["low"]] == [0, 1, 0]
+    assert LatencyLog().timeline() == {}
+
+
 def test_sla_verdicts_count_failures_as_misses() -> None:
     log = LatencyLog()
     for i in range(100):
