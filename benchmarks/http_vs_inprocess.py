@@ -76,7 +76,7 @@ def serve_main(a: argparse.Namespace) -> None:
     sc = ServerConfig(
         queue_capacity=a.queue_capacity, window=a.window, admission=a.admission,
         reserve=a.reserve, sla_ms=a.sla_ms, engine_factory=factory, wire_ids=a.wire_ids,
-        guard=a.guard,
+        guard=a.guard, keep_int32=not a.widen_ids,
     )  # fmt: skip
     ad = load_model(a.model, scale=a.scale, seed=a.seed)
     server = RecschedServer({a.model: ad}, cfg, sc, parse_classes(a.classes))
@@ -178,6 +178,7 @@ def start_server(
         str(a.seed), "--queue-capacity", str(a.queue_capacity), "--admission", a.admission,
         "--reserve", str(a.reserve), "--wire-ids", a.wire_ids,
         *(["--guard", str(a.guard)] if a.guard is not None else []),
+        *(["--widen-ids"] if a.widen_ids else []),
     ]  # fmt: skip
     if a.window:
         args += ["--window", str(a.window)]
@@ -652,6 +653,9 @@ def main() -> None:
     ap.add_argument("--admission", default="predicted", choices=["count", "predicted"])
     ap.add_argument("--reserve", type=float, default=0.25, help="server: admission reserve")
     ap.add_argument("--guard", type=float, help="server: tail guard target (default: none)")
+    ap.add_argument(
+        "--widen-ids", action="store_true", help="server: widen INT32 ids even if the model may"
+    )
     ap.add_argument("--client", default="raw", choices=["raw", "aiohttp"])
     ap.add_argument(
         "--wire-ids", default="int32", choices=["int32", "model"], help="index inputs' dtype"

@@ -91,6 +91,29 @@ class ModelAdapter:
         """The forward to serve with: compiled (default) or the eager module."""
         return self.compiled().forward if compiled else self.module
 
+    def accepts_int32_ids(self, compiled: bool = True) -> bool:
+        """Whether the forwards served (eager; with `compiled`, the compiled forward and the
+        merged-batch forward too) score INT32 index inputs as they score int64 ones, on a
+        small batch. A server may then hand over the wire's INT32 ids without widening them
+        (PyTorch's embedding ops take either; a model that gathers by its ids may not)."""
+        idx = {s.name for s in self.inputs if s.kind == "index" and s.dtype == torch.int64}
+        if not idx:
+            return False
+        x = self.make_inputs(8, 0)
+        x32 = {k: v.to(torch.int32) if k in idx else v for k, v in x.items()}
+        try:
+            ref = self.forward(x)
+            pairs = [(self.forward(x32), ref)]
+            if compiled:
+                c = self.compiled()
+                pairs += [(c.forward(x32), ref), (c.parts([x32, x32]), torch.cat([ref, ref]))]
+        except Exception:  # an op that wants int64 ids: widen them
+            return False
+        return all(
+            got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+            for got, want in pairs
+        )
+
     def parts_runner(self, compiled: bool = True) -> PartsForward:
         """The forward of a merged batch (a list of inputs, concatenated along the batch):
         fused into one compiled call where it compiles (`Compiled.parts`)."""

@@ -93,6 +93,10 @@ class ServerConfig:
     SLA (`sla_ms` gives one to those without) and a cost: `cost(adapter, config)` returns
     `n_items -> predicted lane-seconds`; None: the model's profile (`recsched profile`,
     measured once and cached), see `recsched.server.predict`.
+    keep_int32: with `wire_ids="int32"`, hand INT32 ids to the engine as they arrive when the
+    model scores them as it scores int64 ones (`ModelAdapter.accepts_int32_ids`, checked
+    when the model is loaded; not with an `engine_factory`), instead of widening them on the
+    event loop.
     guard: with several classes and an SLA for the most valuable, the target of the tail
     guard (`recsched.server.guard`): classes below the top are admitted at a share steered
     so that the top class's slowest requests use at most this share of their waiting budget
@@ -117,6 +121,7 @@ class ServerConfig:
     sla_ms: float | None = None
     cost: Callable[[ModelAdapter, EngineConfig], Callable[[int], float]] | None = None
     wire_ids: str = "int32"
+    keep_int32: bool = True
     guard: float | None = None
 
     def __post_init__(self) -> None:
@@ -141,6 +146,17 @@ def tail_guard(classes: Sequence[PriorityClass], target: float | None) -> TailGu
     if target is None or len(classes) < 2 or not classes[0].sla_ms:
         return None
     return TailGuard(classes[0].sla_ms / 1e3, [c.name for c in classes[1:]], target=target)
+
+
+def widened(inputs: dict[str, Any], adapter: ModelAdapter) -> dict[str, Any]:
+    """`inputs` with any index input not in the model's dtype converted to it (INT32 ids
+    decoded for an engine that took them, then swapped for one that does not)."""
+    if all(inputs[s.name].dtype == s.dtype for s in adapter.inputs if s.name in inputs):
+        return inputs
+    return {
+        k: v.to(s.dtype) if (s := adapter.spec(k)).kind == "index" and v.dtype != s.dtype else v
+        for k, v in inputs.items()
+    }
 
 
 def lanes_of(cfg: EngineConfig) -> int:
@@ -357,6 +373,7 @@ class ModelHost:
         if sc.admission == "predicted" and not self.admission.predicted:
             log.warning("model %s: predicted admission needs an SLA for every class "
                         "(ServerConfig.sla_ms, --sla-ms): admitting by count", name)  # fmt: skip
+        self.keep_int32 = self._keeps_int32(config)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._qids = itertools.count()
         self.trace: TraceRecorder | None = None  # lane trace (`serve --trace`), set by the server
@@ -376,6 +393,7 @@ class ModelHost:
         """Serve with a new configuration; returns the old engine (to close once drained)."""
         new = self._new_engine(config)
         old, self.engine, self.config = self.engine, new, config
+        self.keep_int32 = self._keeps_int32(config)
         self.admission.window = self.sc.window_for(config)
         self.admission.lanes = lanes_of(config)
         if isinstance(self.cost, QueryCost):
@@ -384,6 +402,13 @@ class ModelHost:
 
     def busy(self) -> int:
         return self.admission.queued() + self.admission.running
+
+    def _keeps_int32(self, config: EngineConfig) -> bool:
+        """Whether INT32 ids from the wire go to this engine as they are (`keep_int32`)."""
+        sc = self.sc
+        if not (sc.keep_int32 and sc.wire_ids == "int32" and sc.engine_factory is None):
+            return False
+        return self.adapter.accepts_int32_ids(config.compiled)
 
     def _new_engine(self, config: EngineConfig) -> Engine:
         make = self.sc.engine_factory
@@ -480,10 +505,11 @@ class ModelHost:
         sla = t.cls.sla_ms / 1e3 if t.cls.sla_ms is not None else math.inf
         q = Query(t.seq, self.name, t.n_items, t.cls.name, t.cls.value, t.arrival_s,
                   min(t.deadline_s, t.arrival_s + sla))  # fmt: skip
+        inputs = req.inputs if self.keep_int32 else widened(req.inputs, self.adapter)
         try:
             if self.engine is None:
                 raise EngineClosed("the model is not loaded")
-            return self.engine.submit(q, req.inputs)
+            return self.engine.submit(q, inputs)
         except Exception as e:  # never leave a ticket without an outcome
             fut: Future = Future()
             fut.set_exception(e)
@@ -796,6 +822,7 @@ class RecschedServer:
             len(self.classes),
             (codec.OUTPUT,),
             self.config.wire_ids,
+            h.keep_int32,
         )
         if len(body) >= self.config.decode_in_thread_bytes:
             return await asyncio.to_thread(codec.decode_request, *args), screened

@@ -310,7 +310,12 @@ class _Binary:
 
 
 def _decode_input(
-    obj: object, specs: dict[str, InputSpec], binary: _Binary, limits: Limits, wire_ids: str
+    obj: object,
+    specs: dict[str, InputSpec],
+    binary: _Binary,
+    limits: Limits,
+    wire_ids: str,
+    keep_int32: bool = False,
 ) -> tuple[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise RequestError("each entry of 'inputs' must be a JSON object")
@@ -359,8 +364,8 @@ def _decode_input(
         raise RequestError(f"input '{name}': neither 'data' nor binary_data_size is given")
     array = np.ascontiguousarray(array, dtype=native)
     _check_values(spec, array)
-    if array.dtype != model_np:  # INT32 ids: widened after the checks, in numpy (torch
-        array = array.astype(model_np)  # would start its intra-op threads on this thread)
+    if array.dtype != model_np and not keep_int32:  # INT32 ids: widened after the checks,
+        array = array.astype(model_np)  # in numpy (torch would start its intra-op threads here)
     return name, torch.from_numpy(array)
 
 
@@ -454,13 +459,16 @@ def decode_request(
     priority_levels: int = 1,
     out_names: Sequence[str] = (OUTPUT,),
     wire_ids: str = "model",
+    keep_int32: bool = False,
 ) -> InferRequest:
     """Decode and validate an infer request body against the model's input specs.
 
     Raises `RequestError` (a 4xx) naming the problem; the tensors returned are exactly of
     the specs' dtypes and shapes `[n_items, *spec.shape]`, finite and in range. Binary
     tensors of a `bytearray` body are views of it (no copy): do not reuse the body.
-    `wire_ids`: the dtype index inputs arrive in (`wire_dtype`).
+    `wire_ids`: the dtype index inputs arrive in (`wire_dtype`). `keep_int32`: index inputs
+    that arrive as INT32 stay int32 (for a model that accepts them,
+    `ModelAdapter.accepts_int32_ids`); otherwise they are widened to the model's dtype.
     """
     if len(body) > limits.max_body_bytes:
         raise RequestError(
@@ -488,7 +496,7 @@ def decode_request(
     binary = _Binary(view[hl:] if hl is not None else memoryview(b""), hl is not None)
     tensors: dict[str, torch.Tensor] = {}
     for raw in raw_inputs:
-        name, t = _decode_input(raw, specs, binary, limits, wire_ids)
+        name, t = _decode_input(raw, specs, binary, limits, wire_ids, keep_int32)
         if name in tensors:
             raise RequestError(f"input '{name}' is given twice")
         tensors[name] = t

@@ -40,7 +40,7 @@ class TailGuard:
 
     sla_s: float
     below: Sequence[str]
-    target: float = 0.6
+    target: float = 0.4
     calm: float = 0.7
     period_s: float = 0.1
     decrease: float = 0.7

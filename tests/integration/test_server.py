@@ -31,7 +31,7 @@ from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 from recsched.config import EngineConfig
 from recsched.models.base import InputSpec, ModelAdapter
 from recsched.server.admission import AdmissionQueue, Ticket, class_for_priority, priority_order
-from recsched.server.app import BackgroundServer, RecschedServer, ServerConfig
+from recsched.server.app import BackgroundServer, RecschedServer, ServerConfig, widened
 from recsched.server.codec import Limits
 from recsched.types import PriorityClass
 
@@ -59,6 +59,7 @@ class Tiny(nn.Module):
             self.lin.weight.copy_(torch.randn(2, 4, generator=g))
             self.emb.weight.copy_(torch.randn(10, 2, generator=g))
         self.seen: list[float] = []
+        self.idx_dtypes: list[torch.dtype] = []
         self.gate = threading.Event()
         self.gate.set()
         self.release = threading.Event()
@@ -66,6 +67,7 @@ class Tiny(nn.Module):
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         d = x["dense"]
         self.seen.extend(d[:, 1].tolist())
+        self.idx_dtypes.append(x["idx"].dtype)
         assert self.gate.wait(20), "gate never opened"
         if float(d[0, 0]) == KILL:
             raise LaneKill()
@@ -97,6 +99,8 @@ def served(engine=None, classes=(HIGH, LOW), token=None, **sc):
     # trace would do neither)
     engine = (engine or EngineConfig(request="dynamic", batch_size=8)).replace(compiled=False)
     rs = RecschedServer({"tiny": ad}, engine, ServerConfig(**sc), classes, token)
+    ad.module.seen.clear()  # (loading the model ran it: the INT32 ids check)
+    ad.module.idx_dtypes.clear()
     with BackgroundServer(rs) as bg:
         try:
             yield rs, bg, ad
@@ -274,6 +278,33 @@ def test_zoo_model_scores_match_direct():
             want = ad.module(x).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         c.close()
+
+
+def test_int32_ids_reach_a_model_that_takes_them_and_are_widened_otherwise():
+    ad = tiny_adapter()
+    assert ad.accepts_int32_ids(compiled=False)  # nn.Embedding takes int32 ids
+    for keep, want in ((True, torch.int32), (False, torch.int64)):
+        with served(keep_int32=keep) as (rs, bg, ad):
+            assert rs.hosts["tiny"].keep_int32 is keep
+            body, headers, x = body_for(n=5)
+            r = httpx.post(bg.url + "/v2/models/tiny/infer", content=body, headers=headers)
+            assert r.status_code == 200, r.text
+            assert ad.module.idx_dtypes == [want]
+            got = np.frombuffer(r.content[int(r.headers["inference-header-content-length"]) :],
+                                dtype=np.float32).reshape(5, 2)  # fmt: skip
+            with torch.inference_mode():
+                np.testing.assert_allclose(got, ad.module(x).numpy(), rtol=1e-6)
+    host = rs.hosts["tiny"]  # an engine swapped in under int32 requests already decoded
+    host.keep_int32 = False
+    wide = widened({"dense": x["dense"], "idx": x["idx"].int()}, ad)
+    assert wide["idx"].dtype == torch.int64 and wide["dense"] is x["dense"]
+    same = {"dense": x["dense"], "idx": x["idx"]}
+    assert widened(same, ad) is same
+
+
+def test_rmc1_takes_int32_ids_compiled_and_merged():
+    registry = pytest.importorskip("recsched.models.registry")
+    assert registry.load_model("rmc1", scale="small", max_rows=1000).accepts_int32_ids()
 
 
 def test_bad_requests_over_http_are_4xx_naming_the_problem():

@@ -334,3 +334,13 @@ def test_int32_ids_decode_to_the_models_int64_and_are_still_checked():
         j["inputs"][1]["data"] = [bad] + ids.ravel().tolist()[1:]
         with pytest.raises(RequestError, match="index out of range"):
             codec.decode_request(json.dumps(j).encode(), None, SPECS, LIMITS, 2, wire_ids="int32")
+    # kept as INT32 for a model that takes them: same values, still checked
+    kept = codec.decode_request(
+        text + d + i, str(len(text)), SPECS, LIMITS, 2, wire_ids="int32", keep_int32=True
+    )
+    assert kept.inputs["ids"].dtype == torch.int32 and kept.inputs["dense"].dtype == torch.float32
+    assert torch.equal(kept.inputs["ids"].long(), torch.from_numpy(ids))
+    with pytest.raises(RequestError, match="index out of range"):
+        codec.decode_request(
+            json.dumps(j).encode(), None, SPECS, LIMITS, 2, wire_ids="int32", keep_int32=True
+        )

@@ -22,7 +22,7 @@ P = 0.25  # the guard's period in these tests (exact in binary: whole periods st
 
 
 def guard(**kw) -> TailGuard:
-    kw = {"sla_s": 0.050, "below": ["mid", "low"], "period_s": P, **kw}
+    kw = {"sla_s": 0.050, "below": ["mid", "low"], "period_s": P, "target": 0.6, **kw}
     return TailGuard(**kw)
 
 
@@ -110,7 +110,7 @@ def test_admit_spends_the_share_evenly_and_deterministically():
 
 
 def test_admission_sheds_by_the_guard_at_the_offer_and_on_the_header():
-    g = TailGuard(0.050, ["low"], period_s=P, decrease=0.5)
+    g = TailGuard(0.050, ["low"], target=0.6, period_s=P, decrease=0.5)
     q = AdmissionQueue([LOW, TOP], capacity=64, window=8, guard=g)
     g.tick(0.0, busy=True)
     g.observe(0.049, 0.0, P / 2)
@@ -132,7 +132,7 @@ def test_admission_sheds_by_the_guard_at_the_offer_and_on_the_header():
 
 
 def test_admission_feeds_the_guard_the_top_class_latency_and_its_presence():
-    g = TailGuard(0.050, ["low"], period_s=P, decrease=0.5)
+    g = TailGuard(0.050, ["low"], target=0.6, period_s=P, decrease=0.5)
     q = AdmissionQueue(
         [LOW, TOP], capacity=64, window=8, guard=g, cost_s=lambda n: 1e-3 * n, reserve=1.0
     )
