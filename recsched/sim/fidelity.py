@@ -131,10 +131,14 @@ def median_real(runs: Sequence[dict]) -> dict[str, Any]:
 
 def compare_repeats(reals: Sequence[dict], sim: dict) -> dict[str, Any]:
     """One load's row from repeated real runs: `compare` against their median, plus each real
-    run's percentiles (`real_runs`) and their spread at each percentile (`real_spread`)."""
+    run's percentiles and the CPU share the hypervisor took meanwhile (`real_runs`, "steal":
+    None when not measured) and their spread at each percentile (`real_spread`)."""
     row = compare(median_real(reals), sim)
     runs = [{k: r["latency_ms"].get(k) for k in PERCENTILES} for r in reals]
-    row["real_runs"] = runs
+    row["real_runs"] = [
+        {**run, "steal": (r.get("machine_cpu") or {}).get("steal")}
+        for run, r in zip(runs, reals, strict=True)
+    ]
     row["real_spread"] = {k: spread([r[k] for r in runs]) for k in PERCENTILES}
     return row
 
