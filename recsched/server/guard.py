@@ -8,13 +8,14 @@ class uses a share of its waiting budget, `(latency - alone) / (SLA - alone)`, w
 is its predicted time with the lanes to itself (0 without a cost model; a query too large
 for its SLA alone says nothing about contention and is not counted). Every `period_s`:
 
-- the worst use in the period above `target`: the lowest-value class whose admitted share is
-  above `floor` keeps `target / worst` of it, at most `decrease` and at least `cut` (a
-  multiplicative decrease in proportion to the overshoot, so a load step is met within a few
-  periods);
+- the worst use above `target` in `persist` periods in a row (one slow request is not an
+  overload): the lowest-value class whose admitted share is above `floor` keeps
+  `target / worst` of it, at most `decrease` and at least `cut` (a multiplicative decrease in
+  proportion to the overshoot, so a load step is met within a few periods);
 - the period calm (worst use at most `calm` x `target`, or no top-class request in the
   server at all): the most valuable throttled class gets `increase` back (additive increase);
-- otherwise, or with top-class requests in the server but none finished: hold.
+- otherwise, or with top-class requests in the server but none finished: hold (a period
+  with no completion does not break a run of slow ones).
 
 So the lowest value is shed first and recovers last, as TCP and server admission controllers
 (Breakwater, SEDA) do with AIMD. `admit(name)` spends a class's share as credit, so a share
@@ -45,6 +46,7 @@ class TailGuard:
     period_s: float = 0.1
     decrease: float = 0.7
     cut: float = 0.25
+    persist: int = 2
     increase: float = 0.02
     floor: float = 0.0
     share: dict[str, float] = field(init=False)
@@ -53,12 +55,13 @@ class TailGuard:
         assert self.sla_s > 0 and self.period_s > 0, "an SLA and a period"
         assert 0 < self.target and 0 < self.calm <= 1, "target > 0, calm in (0, 1]"
         assert 0 < self.cut <= self.decrease < 1 and 0 < self.increase <= 1
-        assert 0 <= self.floor < 1
+        assert 0 <= self.floor < 1 and self.persist >= 1
         assert len(set(self.below)) == len(self.below), "class names are unique"
         self.share = dict.fromkeys(self.below, 1.0)
         self._credit = dict.fromkeys(self.below, 0.0)
         self._end: float | None = None  # the current period ends then
         self._worst = -1.0  # the worst use seen this period (-1: none)
+        self._over = 0  # periods in a row whose worst use was over the target
         self.decreases = 0
         self.increases = 0
 
@@ -82,7 +85,8 @@ class TailGuard:
         self._decide(busy)
         idle = int((now - self._end) // self.period_s)  # whole periods with nothing seen
         self._end += (idle + 1) * self.period_s
-        if not busy:
+        if idle and not busy:  # periods with nothing at all: calm
+            self._over = 0
             for _ in range(min(idle, self._steps_to_full())):
                 self._raise()
 
@@ -104,9 +108,18 @@ class TailGuard:
     # -- internals -------------------------------------------------------------------
     def _decide(self, busy: bool) -> None:
         worst, self._worst = self._worst, -1.0
+        if worst < 0:  # no top-class completion in the period
+            if not busy:
+                self._over = 0
+                self._raise()
+            return  # top-class work in the server and none finished: no news, hold
         if worst > self.target:
-            self._lower(min(self.decrease, max(self.cut, self.target / worst)))
-        elif (worst >= 0 and worst <= self.calm * self.target) or (worst < 0 and not busy):
+            self._over += 1
+            if self._over >= self.persist:
+                self._lower(min(self.decrease, max(self.cut, self.target / worst)))
+            return
+        self._over = 0
+        if worst <= self.calm * self.target:
             self._raise()
 
     def _lower(self, factor: float) -> None:

@@ -64,6 +64,7 @@ def test_the_tail_guard_sheds_low_value_work_on_its_header_after_a_slow_top_clas
     with served(classes=(top, LOW), guard=0.6) as (rs, bg, ad):
         guard = rs.hosts["tiny"].admission.guard
         assert guard is not None and guard.share == {"low": 1.0}
+        guard.persist = 1  # one slow period is enough here (persistence: tests/unit/test_guard)
         with httpx.Client(base_url=bg.url, timeout=30) as client:
             body, headers, _ = body_for(priority=1)
             assert client.post("/v2/models/tiny/infer", content=body, headers=headers).is_success

@@ -21,8 +21,9 @@ LOW = PriorityClass("low", 0.5, 1.0, 100.0)
 P = 0.25  # the guard's period in these tests (exact in binary: whole periods stay whole)
 
 
-def guard(**kw) -> TailGuard:
-    kw = {"sla_s": 0.050, "below": ["mid", "low"], "period_s": P, "target": 0.6, **kw}
+def guard(**extra) -> TailGuard:
+    kw = {"sla_s": 0.050, "below": ["mid", "low"], "period_s": P, "target": 0.6, "persist": 1}
+    kw.update(extra)
     return TailGuard(**kw)
 
 
@@ -55,6 +56,25 @@ def test_the_cut_follows_the_overshoot_within_its_bounds():
     assert g.share["low"] == pytest.approx(0.21)
     slow_period(g, 2 * P, latency_s=1.0)  # use 20: no deeper than the 0.25 cut
     assert g.share["low"] == pytest.approx(0.0525)
+
+
+def test_one_slow_period_is_not_an_overload_two_in_a_row_are():
+    g = guard(persist=2, decrease=0.5)
+    g.tick(0.0, busy=True)
+    slow_period(g, 0.0)
+    assert g.share["low"] == 1.0  # once: held
+    g.observe(0.010, 0.0, 1.5 * P)  # a fast period in between starts the count again
+    g.tick(2 * P, busy=True)
+    slow_period(g, 2 * P)
+    assert g.share["low"] == 1.0
+    g.tick(4 * P, busy=True)  # no completion while top-class work waits: the run holds
+    slow_period(g, 4 * P)
+    assert g.share["low"] == 0.5  # the second slow period in a row
+    slow_period(g, 5 * P)
+    assert g.share["low"] == 0.25  # and each one after it
+    g.tick(7.5 * P, busy=False)  # a period with nothing at all: calm, and the run ends
+    slow_period(g, 8 * P)  # so this slow one starts a new run: held
+    assert g.share["low"] == pytest.approx(0.25 + g.increase)
 
 
 def test_calm_periods_give_back_to_the_most_valuable_throttled_class_first():
@@ -110,7 +130,7 @@ def test_admit_spends_the_share_evenly_and_deterministically():
 
 
 def test_admission_sheds_by_the_guard_at_the_offer_and_on_the_header():
-    g = TailGuard(0.050, ["low"], target=0.6, period_s=P, decrease=0.5)
+    g = TailGuard(0.050, ["low"], target=0.6, period_s=P, decrease=0.5, persist=1)
     q = AdmissionQueue([LOW, TOP], capacity=64, window=8, guard=g)
     g.tick(0.0, busy=True)
     g.observe(0.049, 0.0, P / 2)
@@ -132,7 +152,7 @@ def test_admission_sheds_by_the_guard_at_the_offer_and_on_the_header():
 
 
 def test_admission_feeds_the_guard_the_top_class_latency_and_its_presence():
-    g = TailGuard(0.050, ["low"], target=0.6, period_s=P, decrease=0.5)
+    g = TailGuard(0.050, ["low"], target=0.6, period_s=P, decrease=0.5, persist=1)
     q = AdmissionQueue(
         [LOW, TOP], capacity=64, window=8, guard=g, cost_s=lambda n: 1e-3 * n, reserve=1.0
     )
