@@ -8,8 +8,9 @@ class uses a share of its waiting budget, `(latency - alone) / (SLA - alone)`, w
 is its predicted time with the lanes to itself (0 without a cost model; a query too large
 for its SLA alone says nothing about contention and is not counted). Every `period_s`:
 
-- the worst use above `target` in `persist` periods in a row (one slow request is not an
-  overload): the lowest-value class whose admitted share is above `floor` keeps
+- the worst use above `target`, and either a second completion of the period above it too
+  or the worst above it in `persist` periods in a row (one slow request is not an overload;
+  several in one period are): the lowest-value class whose admitted share is above `floor` keeps
   `target / worst` of it, at most `decrease` and at least `cut` (a multiplicative decrease in
   proportion to the overshoot, so a load step is met within a few periods);
 - the period calm (worst use at most `calm` x `target`, or no top-class request in the
@@ -61,6 +62,7 @@ class TailGuard:
         self._credit = dict.fromkeys(self.below, 0.0)
         self._end: float | None = None  # the current period ends then
         self._worst = -1.0  # the worst use seen this period (-1: none)
+        self._second = -1.0  # the second worst (-1: fewer than two)
         self._over = 0  # periods in a row whose worst use was over the target
         self.decreases = 0
         self.increases = 0
@@ -72,7 +74,11 @@ class TailGuard:
         budget = self.sla_s - max(0.0, alone_s)
         if budget < 0.1 * self.sla_s:
             return  # too large for its SLA alone: not a sign of contention
-        self._worst = max(self._worst, (latency_s - max(0.0, alone_s)) / budget)
+        use = (latency_s - max(0.0, alone_s)) / budget
+        if use > self._worst:
+            self._worst, self._second = use, self._worst
+        elif use > self._second:
+            self._second = use
 
     def tick(self, now: float, busy: bool) -> None:
         """Close the periods that ended by `now`. `busy`: a top-class request is in the
@@ -107,7 +113,8 @@ class TailGuard:
 
     # -- internals -------------------------------------------------------------------
     def _decide(self, busy: bool) -> None:
-        worst, self._worst = self._worst, -1.0
+        worst, second = self._worst, self._second
+        self._worst = self._second = -1.0
         if worst < 0:  # no top-class completion in the period
             if not busy:
                 self._over = 0
@@ -115,7 +122,7 @@ class TailGuard:
             return  # top-class work in the server and none finished: no news, hold
         if worst > self.target:
             self._over += 1
-            if self._over >= self.persist:
+            if second > self.target or self._over >= self.persist:
                 self._lower(min(self.decrease, max(self.cut, self.target / worst)))
             return
         self._over = 0

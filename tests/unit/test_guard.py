@@ -58,7 +58,7 @@ def test_the_cut_follows_the_overshoot_within_its_bounds():
     assert g.share["low"] == pytest.approx(0.0525)
 
 
-def test_one_slow_period_is_not_an_overload_two_in_a_row_are():
+def test_one_slow_request_is_not_an_overload_two_are():
     g = guard(persist=2, decrease=0.5)
     g.tick(0.0, busy=True)
     slow_period(g, 0.0)
@@ -75,6 +75,12 @@ def test_one_slow_period_is_not_an_overload_two_in_a_row_are():
     g.tick(7.5 * P, busy=False)  # a period with nothing at all: calm, and the run ends
     slow_period(g, 8 * P)  # so this slow one starts a new run: held
     assert g.share["low"] == pytest.approx(0.25 + g.increase)
+    g.observe(0.005, 0.0, 9.5 * P)  # calm: the run ends
+    g.tick(10 * P, busy=True)
+    g.observe(0.045, 0.0, 10.5 * P)
+    g.observe(0.040, 0.0, 10.6 * P)  # two slow completions in one period: an overload at once
+    g.tick(11 * P, busy=True)
+    assert g.share["low"] == pytest.approx((0.25 + 2 * g.increase) * 0.5)
 
 
 def test_calm_periods_give_back_to_the_most_valuable_throttled_class_first():
