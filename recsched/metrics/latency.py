@@ -165,14 +165,19 @@ class LatencyLog:
         if not len(arr):
             return {}
         k = ((arr - arr.min()) // window_s).astype(np.int64)
+        windows = int(k.max()) + 1
         out: dict[str, list[list[float]]] = {}
         for name, c in codes.items():
+            mine = cls == c
+            order = np.argsort(k[mine], kind="stable")
+            kc, lc, okc = k[mine][order], lat[mine][order], ok[mine][order]
+            bounds = np.searchsorted(kc, np.arange(windows + 1))
             rows = []
-            for w in range(int(k.max()) + 1):
-                sel = (cls == c) & (k == w)
-                good = lat[sel & ok]
+            for w in range(windows):
+                a, b = bounds[w], bounds[w + 1]
+                good = lc[a:b][okc[a:b]]
                 p = float(np.percentile(good, q)) * 1e3 if len(good) else math.nan
-                rows.append([w * window_s, int(sel.sum()), p])
+                rows.append([w * window_s, int(b - a), p])
             out[name] = rows
         return out
 

@@ -83,8 +83,8 @@ def register(app: typer.Typer) -> None:
         guard: str = typer.Option(
             "auto",
             help="Tail guard: with several classes and an SLA for the top one, admit the lower "
-            f"ones at a share steered so the top class's slowest requests wait at most this "
-            f"share of their SLA's room (AIMD; recsched/server/guard.py). auto = "
+            "ones at a share steered so the top class's slowest requests wait at most this "
+            "share of their SLA's room (AIMD; recsched/server/guard.py). auto = "
             f"{GUARD_TARGET:g} | off | a share in (0, 1].",
         ),
         hang_s: float = typer.Option(30.0, help="A lane task longer than this is a hung lane."),
@@ -165,12 +165,10 @@ def register(app: typer.Typer) -> None:
         )
         doors = "need the bearer token" if token else "are disabled"
         guarded = any(h.admission.guard is not None for h in server.hosts.values())
-        if guarded:
-            admission += f" admission, tail guard {guard_target:g}"
-        else:
-            admission += " admission"
+        guard_text = f", tail guard {guard_target:g}" if guarded else ""
         typer.echo(
-            f"serving {', '.join(adapters)} ({preset}, {cfg.lanes} lanes, {admission}) "
+            f"serving {', '.join(adapters)} ({preset}, {cfg.lanes} lanes, {admission} admission"
+            f"{guard_text}) "
             f"on http://{host}:{port}; state-changing endpoints {doors}",
             err=True,
         )
