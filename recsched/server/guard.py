@@ -95,6 +95,7 @@ class TailGuard:
             self._over = 0
             for _ in range(min(idle, self._steps_to_full())):
                 self._raise()
+        self.check_invariants()
 
     def admit(self, name: str) -> bool:
         """Whether an offer of class `name` (below the top) passes: spends its share."""
