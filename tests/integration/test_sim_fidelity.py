@@ -309,13 +309,23 @@ def test_default_loads_are_fractions_of_the_capacity_a_probe_run_measures(profil
     probe = round(fidelity_mod.PROBE_LOAD * cap["profile_qps"], 1)
     assert r["capacity"] == {
         "source": "run", "profile_qps": cap["profile_qps"], "probe_qps": probe,
-        "qps": pytest.approx(lanes * probe / 0.5),
+        "qps": pytest.approx(lanes * probe / 0.5), "lanes_qps": pytest.approx(lanes * probe / 0.5),
+        "cpu_qps": None,
     }  # fmt: skip
     assert calls[0] == probe and len(calls) == 4
     assert [row["qps"] for row in r["loads"]] == [
         round(f * lanes * probe / 0.5, 1) for f in fidelity_mod.DEFAULT_LOADS
     ]
     assert fidelity_mod.run_capacity_qps({"completed_qps": 0.0}, 2) is None
+    assert fidelity_mod.cpu_capacity_qps({"completed_qps": 5.0}) is None  # not measured
+
+    def cpu_bound(qps: float) -> dict:  # the machine 60% busy while the lanes are 25% each
+        return real(qps) | {"machine_cpu": {"busy": 0.6, "idle": 0.4, "steal": 0.0}}
+
+    r = fidelity(MODEL, prof, None, "baseline", real=cpu_bound, **kw)
+    done = _bench(probe, 2.0)["completed_qps"]
+    assert r["capacity"]["cpu_qps"] == pytest.approx(done / 0.6)
+    assert r["capacity"]["qps"] == min(r["capacity"]["cpu_qps"], r["capacity"]["lanes_qps"])
     with pytest.raises(ValueError, match="loads_from"):
         fidelity(MODEL, prof, None, "baseline", real=real, loads_from="guess", **kw)
 
