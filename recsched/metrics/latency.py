@@ -142,13 +142,22 @@ class LatencyLog:
             total = int(np.frombuffer(self._n, dtype=np.int64)[ok].sum())
         return total
 
-    def _columns(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """class -> (latency_s [n], ok [n]) over every logged query of that class."""
+    def _snapshot(
+        self,
+    ) -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`(class codes, class code [n], arrival_s [n], latency_s [n], ok [n])` of every
+        logged query, copied under the lock."""
         with self._lock:  # copies only: a live view of an array.array would block appends
             codes = dict(self._codes)
             cls = np.frombuffer(self._cls, dtype=np.int64).copy()
-            lat = np.frombuffer(self._done, dtype=np.float64) - np.frombuffer(self._arr)
+            arr = np.frombuffer(self._arr, dtype=np.float64).copy()
+            lat = np.frombuffer(self._done, dtype=np.float64) - arr
             ok = np.frombuffer(self._ok, dtype=np.int8).astype(bool)
+        return codes, cls, arr, lat, ok
+
+    def _columns(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """class -> (latency_s [n], ok [n]) over every logged query of that class."""
+        codes, cls, _, lat, ok = self._snapshot()
         return {name: (lat[cls == c], ok[cls == c]) for name, c in codes.items()}
 
     def timeline(self, window_s: float = 1.0, q: float = 99.0) -> dict[str, list[list[float]]]:
@@ -156,12 +165,7 @@ class LatencyLog:
         scheduled arrival time, from the first arrival: how a tail moved during a run
         (a load step, a controller settling). Empty windows give `[start, 0, nan]`."""
         assert window_s > 0
-        with self._lock:
-            codes = dict(self._codes)
-            cls = np.frombuffer(self._cls, dtype=np.int64).copy()
-            arr = np.frombuffer(self._arr, dtype=np.float64).copy()
-            lat = np.frombuffer(self._done, dtype=np.float64) - arr
-            ok = np.frombuffer(self._ok, dtype=np.int8).astype(bool)
+        codes, cls, arr, lat, ok = self._snapshot()
         if not len(arr):
             return {}
         k = ((arr - arr.min()) // window_s).astype(np.int64)

@@ -7,6 +7,9 @@ Benchmarks record the shares next to their latencies so such runs can be told ap
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
 
@@ -35,3 +38,9 @@ def machine_shares(t0: list[int] | None, t1: list[int] | None) -> dict[str, floa
         "idle": (d["idle"] + d["iowait"]) / total,
         "steal": d["steal"] / total,
     }
+
+
+def run_share(result: Mapping[str, Any], state: str) -> float | None:
+    """A result's machine share of `state` ("busy", "idle" or "steal") over its run, from its
+    `machine_cpu` (`machine_shares`); None where it was not recorded."""
+    return (result.get("machine_cpu") or {}).get(state)

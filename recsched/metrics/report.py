@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from recsched.metrics.machine import run_share
+
 STEAL_NOTE = 0.05  # a run's table notes the hypervisor's share of the CPU from this much on
 
 
@@ -196,4 +198,4 @@ def compare_table(result: Mapping[str, Any]) -> Table:
 
 def _steal(run: Mapping[str, Any]) -> float | None:
     """The hypervisor's share of the CPU during a run (`machine_cpu`), if recorded."""
-    return (run.get("machine_cpu") or {}).get("steal")
+    return run_share(run, "steal")

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from recsched.config import EngineConfig
+from recsched.metrics.machine import run_share
 from recsched.sim.interference import DEFAULT, calibrate_model
 from recsched.sim.lanes import ServiceNoise
 from recsched.sim.run import (
@@ -136,8 +137,7 @@ def compare_repeats(reals: Sequence[dict], sim: dict) -> dict[str, Any]:
     row = compare(median_real(reals), sim)
     runs = [{k: r["latency_ms"].get(k) for k in PERCENTILES} for r in reals]
     row["real_runs"] = [
-        {**run, "steal": (r.get("machine_cpu") or {}).get("steal")}
-        for run, r in zip(runs, reals, strict=True)
+        {**run, "steal": run_share(r, "steal")} for run, r in zip(runs, reals, strict=True)
     ]
     row["real_spread"] = {k: spread([r[k] for r in runs]) for k in PERCENTILES}
     return row
@@ -223,7 +223,7 @@ def cpu_capacity_qps(result: dict[str, Any]) -> float | None:
     would be busy, `completed QPS / busy share of all CPUs` (`machine_cpu`; None without it).
     The engine's own per-query work (the driver, submission, completion) runs on the same
     cores as the lanes, so the machine can fill before the lanes do."""
-    busy = float((result.get("machine_cpu") or {}).get("busy") or 0.0)
+    busy = float(run_share(result, "busy") or 0.0)
     done = float(result.get("completed_qps") or 0.0)
     if busy <= 0 or done <= 0:
         return None
