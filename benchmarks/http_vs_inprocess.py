@@ -242,32 +242,35 @@ def metrics_text(url: str, timeout: float = 10.0) -> str:
         return r.read().decode()
 
 
+def model_samples(text: str, family: str, model: str) -> list[tuple[str, dict[str, str], float]]:
+    """`(metric name, labels, value)` of each sample of `model` in a /metrics text whose name
+    matches `family` (a regular expression)."""
+    out = []
+    for m in re.finditer(rf"(?P<name>{family}){{(?P<labels>.*?)}} (?P<value>\S+)", text):
+        lab = dict(re.findall(r'(\w+)="([^"]*)"', m["labels"]))
+        if lab.get("model") == model:
+            out.append((m["name"], lab, float(m["value"])))
+    return out
+
+
 def cost_scale(url: str, model: str) -> float | None:
     """Admission's online cost scale (measured engine time / the cost model's), from /metrics."""
-    for line in metrics_text(url).splitlines():
-        if line.startswith("recsched_admission_cost_scale{") and f'model="{model}"' in line:
-            return round(float(line.rsplit(" ", 1)[1]), 3)
-    return None
+    found = model_samples(metrics_text(url), "recsched_admission_cost_scale", model)
+    return round(found[0][2], 3) if found else None
 
 
 def guard_shares(url: str, model: str) -> dict[str, float]:
     """The tail guard's admitted share per class at this moment, from /metrics ({}: no guard)."""
-    out: dict[str, float] = {}
-    for labels, v in re.findall(r"recsched_admission_guard_share{(.*?)} (\S+)", metrics_text(url)):
-        lab = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-        if lab.get("model") == model:
-            out[lab["class"]] = round(float(v), 3)
-    return out
+    found = model_samples(metrics_text(url), "recsched_admission_guard_share", model)
+    return {lab["class"]: round(v, 3) for _, lab, v in found}
 
 
 def lane_seconds(url: str, model: str) -> dict[str, dict[str, float]]:
     """Per lane: seconds it held a task (`busy`) and its thread's CPU meanwhile (`cpu`)."""
-    text = metrics_text(url)
     out: dict[str, dict[str, float]] = {}
-    for key, labels, v in re.findall(r"recsched_lane_(busy|cpu)_seconds_total{(.*?)} (\S+)", text):
-        lab = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-        if lab.get("model") == model:
-            out.setdefault(lab["lane"], {})[key] = float(v)
+    family = "recsched_lane_(?:busy|cpu)_seconds_total"
+    for name, lab, v in model_samples(metrics_text(url), family, model):
+        out.setdefault(lab["lane"], {})[name.split("_")[2]] = v
     return out
 
 
@@ -308,8 +311,8 @@ def thread_waits(t0: dict, t1: dict, min_cpu_s: float = 0.05) -> dict[str, dict[
 
 def pending(url: str, model: str) -> float:
     text = metrics_text(url, timeout=5.0)
-    m = re.search(rf'nv_inference_pending_request_count{{model="{model}".*?}} (\S+)', text)
-    return float(m.group(1)) if m else 0.0
+    found = model_samples(text, "nv_inference_pending_request_count", model)
+    return found[0][2] if found else 0.0
 
 
 def cpu_s(pid: int, tid: int | None = None) -> float:
