@@ -151,13 +151,9 @@ class AdmissionQueue:
         if self.predicted:
             assert self.cost_s is not None
             t.cost_s = max(0.0, float(self.cost_s(t.n_items)))
-            why = self._predicted_miss(t)
-            if why is not None:
-                return [self._shed(t, why)]
-        if not t.screened:
-            why = self._guarded(t.cls, t.arrival_s)
-            if why is not None:
-                return [self._shed(t, why)]
+        why = self._refusal(t, t.arrival_s)
+        if why is not None:
+            return [self._shed(t, why)]
         shed: list[tuple[Ticket, str]] = []
         if self.queued() >= self.capacity:
             victim = self._victim(t.cls.value)
@@ -247,13 +243,8 @@ class AdmissionQueue:
         before its body is read."""
         if cls.name == self.order[0].name:
             return None
-        why = None
-        if self.predicted:
-            assert self.cost_s is not None
-            t = Ticket(-1, cls, n_items, 0.0, cost_s=max(0.0, float(self.cost_s(n_items))))
-            why = self._predicted_miss(t)
-        if why is None:
-            why = self._guarded(cls, now)
+        cost = max(0.0, float(self.cost_s(n_items))) if self.predicted and self.cost_s else 0.0
+        why = self._refusal(Ticket(-1, cls, n_items, now, cost_s=cost), now)
         if why is not None:
             self.shed_count[cls.name] += 1
         return why
@@ -284,6 +275,14 @@ class AdmissionQueue:
     # -- internals -------------------------------------------------------------------
     def _top_busy(self) -> bool:
         return self._running_top > 0 or bool(self._q[self.order[0].name])
+
+    def _refusal(self, t: Ticket, now: float) -> str | None:
+        """Why an offer of `t` is shed at once, predicted to miss its SLA or by the guard
+        (a `screened` ticket passed the guard already); None: it may queue."""
+        why = self._predicted_miss(t) if self.predicted else None
+        if why is None and not t.screened:
+            why = self._guarded(t.cls, now)
+        return why
 
     def _guarded(self, cls: PriorityClass, now: float) -> str | None:
         """Why the guard sheds an offer of `cls` (below the top) at `now`; None: it passes."""
