@@ -187,6 +187,7 @@ class AdmissionQueue:
                 t = q[0]
                 if t.deadline_s <= now:
                     t.state = "expired"
+                    self._learn(t, now - t.arrival_s, now)
                 elif self.predicted and rank > 0 and self._misses(t, now - t.arrival_s):
                     self._shed(
                         t,
@@ -225,16 +226,19 @@ class AdmissionQueue:
         """`t` finished with its scores at `now` (after `finish`): the guard learns from the
         top class's latency, against its predicted time alone (its lane-seconds over the
         lanes)."""
-        if self.guard is not None and t.cls.name == self.order[0].name:
-            self.guard.observe(now - t.arrival_s, t.cost_s / self.lanes, now, self._top_busy())
+        self._learn(t, now - t.arrival_s, now)
 
     def cancel(self, t: Ticket, state: str = "cancelled") -> bool:
-        """Remove a ticket still queued (timed out, client gone); False if it already left."""
+        """Remove a ticket still queued (timed out, client gone); False if it already left.
+        State `expired` (its deadline passed in the queue): the guard learns that a top-class
+        request waited at least that long."""
         if t.state != "queued":
             return False
         self._q[t.cls.name].remove(t)
         self._queued_work[t.cls.name] -= t.cost_s
         t.state = state
+        if state == "expired":
+            self._learn(t, t.deadline_s - t.arrival_s, t.deadline_s)
         return True
 
     def refuse_early(self, cls: PriorityClass, n_items: int, now: float = 0.0) -> str | None:
@@ -273,6 +277,13 @@ class AdmissionQueue:
         return (max(0.0, self.work_running) + max(0.0, ahead)) / self.lanes
 
     # -- internals -------------------------------------------------------------------
+    def _learn(self, t: Ticket, latency_s: float, now: float) -> None:
+        """The guard hears a top-class request's latency: a success's, or for one that timed
+        out in the queue, how long it had waited by then (a lower bound: never started, it
+        would have taken longer still, so a timeout is news of contention, not silence)."""
+        if self.guard is not None and t.cls.name == self.order[0].name:
+            self.guard.observe(latency_s, t.cost_s / self.lanes, now, self._top_busy())
+
     def _top_busy(self) -> bool:
         return self._running_top > 0 or bool(self._q[self.order[0].name])
 

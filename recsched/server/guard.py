@@ -6,7 +6,9 @@ overload, the top class's tail grows with the *load*, not with the work queued a
 The guard closes the loop on what the top class actually got. Each completion of the top
 class uses a share of its waiting budget, `(latency - alone) / (SLA - alone)`, where `alone`
 is its predicted time with the lanes to itself (0 without a cost model; a query too large
-for its SLA alone says nothing about contention and is not counted). Every `period_s`:
+for its SLA alone says nothing about contention and is not counted). Admission also reports a
+top-class request that timed out in the queue, with how long it had waited (a lower bound).
+Every `period_s`:
 
 - the worst use above `target`, and either a second completion of the period above it too
   or the worst above it in `persist` periods in a row (one slow request is not an overload;

@@ -174,6 +174,30 @@ def test_admission_feeds_the_guard_the_top_class_latency_and_its_presence():
     q.check_all()
 
 
+def test_a_top_class_timeout_in_the_queue_teaches_the_guard_what_it_had_waited():
+    g = TailGuard(0.050, ["low"], target=0.6, period_s=P, decrease=0.5, persist=1)
+    q = AdmissionQueue([LOW, TOP], capacity=64, window=1, guard=g)
+    g.tick(0.0, busy=True)
+    blocker = Ticket(0, LOW, 10, 0.0)
+    q.offer(blocker)
+    assert q.pop_ready(0.0)[0] == [blocker]  # the one engine place is taken
+    waits = Ticket(1, TOP, 10, 0.0, deadline_s=0.040)  # its client gives up after 40 ms
+    gives_up = Ticket(2, TOP, 10, 0.0, deadline_s=0.045)
+    q.offer(waits), q.offer(gives_up)
+    assert q.cancel(gives_up, "expired")  # the handler's timeout: at least 45 ms waited
+    q.finish(blocker)
+    enter, dropped = q.pop_ready(0.041)  # expired at the head: at least 41 ms waited
+    assert enter == [] and dropped == [waits] and waits.state == "expired"
+    g.tick(P, busy=False)
+    assert g.share["low"] == 0.5  # both over the target (0.9, 0.82 of 50 ms): cut
+    late = Ticket(3, TOP, 10, 1.2 * P, deadline_s=1.2 * P + 0.010)  # a short client timeout
+    q.offer(late)
+    assert q.cancel(late, "expired")
+    g.tick(2 * P + 0.01, busy=False)
+    assert g.share["low"] > 0.5  # 10 ms waited is calm (0.2 of the room): news, not alarm
+    q.check_all()
+
+
 def test_the_server_builds_a_guard_only_for_several_classes_with_a_top_sla():
     order = [TOP, MID, LOW]
     g = tail_guard(order, 0.5)
