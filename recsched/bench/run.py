@@ -19,7 +19,7 @@ import numpy as np
 from recsched.clock import WallClock
 from recsched.config import EngineConfig
 from recsched.engine import Engine, EngineClosed, QueueFull
-from recsched.metrics.latency import LatencyLog
+from recsched.metrics.latency import LatencyLog, SlaWatch
 from recsched.metrics.machine import machine_shares, machine_ticks
 from recsched.metrics.report import cost_core_s_per_1k
 from recsched.metrics.trace import TraceRecorder
@@ -100,6 +100,8 @@ class RunRecord:
     lane_running: list[float] = field(default_factory=list)
     # the machine's busy / idle / steal CPU shares over the run (None off Linux)
     machine_cpu: dict[str, float] | None = None
+    # a run stopped once its SLA verdict could only be a miss (`stop_on_miss`): where
+    stopped: dict[str, Any] | None = None
 
 
 def run_open_loop(
@@ -108,25 +110,34 @@ def run_open_loop(
     workload: Workload,
     *,
     sla_ms: float | None = None,
+    percentile: float = 95.0,
     drain_timeout_s: float = 10.0,
     progress: Callable[[int, int], None] | None = None,
+    stop_on_miss: bool = False,
 ) -> RunRecord:
     """Issue `workload` against a started engine at its scheduled times; wait for the end.
 
     Queries still unfinished `drain_timeout_s` after the last issue are aborted and count as
     failures (an overloaded configuration fails its SLA rather than running forever).
+    With `stop_on_miss`, the run stops as soon as some class has missed its SLA (`sla_ms` at
+    `percentile`, or the class's own) on more queries than its whole run allows
+    (`SlaWatch`): the verdict is then decided, so a capacity search need not serve the rest.
+    The record's `stopped` says when; its percentiles are those of the queries finished by
+    then, what was in flight counting as failed.
     """
     log = LatencyLog()
+    watch = sla_watch(workload, sla_ms, percentile) if stop_on_miss else None
     listener = engine.on_complete  # e.g. an online retuner: it keeps hearing completions
-    if listener is None:
+    hear = [log.add, *([watch.add] if watch is not None else []), *([listener] if listener else [])]
+    if len(hear) == 1:
         engine.on_complete = log.add
     else:
 
-        def both(r) -> None:
-            log.add(r)
-            listener(r)
+        def every(r) -> None:
+            for h in hear:
+                h(r)
 
-        engine.on_complete = both
+        engine.on_complete = every
     clock = engine.clock
     assert isinstance(clock, WallClock), "the open-loop driver runs on wall time"
     n = len(workload)
@@ -140,7 +151,12 @@ def run_open_loop(
     ticks0 = machine_ticks()
     t0 = clock.now() + 0.02
     last_report = 0.0
+    issued, stopped = n, None
     for i in range(n):
+        if watch is not None and watch.missed is not None:
+            issued = i
+            stopped = {"at_s": clock.now() - t0, "class": watch.missed, "issued": i, "of": n}
+            break
         target = t0 + ts[i]
         delay = target - clock.now()
         if delay > 0:
@@ -155,11 +171,12 @@ def run_open_loop(
         if progress is not None and target - last_report > 0.25:
             last_report = target
             progress(i + 1, n)
-    t_end = t0 + workload.duration_s
-    deadline = max(clock.now(), t_end) + drain_timeout_s
-    while len(log) < n and clock.now() < deadline:
+    t_end = t0 + workload.duration_s if stopped is None else clock.now()
+    deadline = max(clock.now(), t_end) + (drain_timeout_s if stopped is None else 0.0)
+    while len(log) < issued and clock.now() < deadline:
         time.sleep(0.005)
-    unfinished = engine.abort("benchmark drain timeout") if len(log) < n else 0
+    why = "benchmark drain timeout" if stopped is None else "run stopped: its SLA was missed"
+    unfinished = engine.abort(why) if len(log) < issued else 0
     wall = max(clock.now(), t_end) - t0
     util = [
         min(1.0, (lane.stats.busy_s - b) / max(wall, 1e-9))
@@ -174,10 +191,23 @@ def run_open_loop(
         progress(n, n)
     cfg = engine.config
     return RunRecord(
-        log, n, rejected, late, workload.duration_s, wall, util,
+        log, issued, rejected, late, workload.duration_s, wall, util,
         float(cfg.lanes * cfg.threads_per_lane), unfinished, running,
-        machine_shares(ticks0, machine_ticks()),
+        machine_shares(ticks0, machine_ticks()), stopped,
     )  # fmt: skip
+
+
+def sla_watch(workload: Workload, sla_ms: float | None, percentile: float) -> SlaWatch:
+    """The `SlaWatch` of a run of `workload`: each class's queries and SLA as the verdict
+    reads them (`LatencyLog.summary`: its own SLA, else the run's `sla_ms` at `percentile`)."""
+    counts = np.bincount(workload.cls, minlength=len(workload.classes)).tolist()
+    slas = {
+        c.name: (c.sla_ms, c.percentile)
+        if c.sla_ms is not None
+        else ((sla_ms, percentile) if sla_ms is not None else None)
+        for c in workload.classes
+    }
+    return SlaWatch({c.name: k for c, k in zip(workload.classes, counts, strict=True)}, slas)
 
 
 def bench_result(
@@ -216,6 +246,7 @@ def bench_result(
         "machine_cpu": record.machine_cpu,
         "cost_core_s_per_1k": cost_core_s_per_1k(record.cores, record.wall_s, s["within_sla"]),
         "latency_cdf_ms": latency_cdf_ms(record.log),
+        **({"stopped": record.stopped} if record.stopped is not None else {}),
     }
 
 
@@ -311,8 +342,10 @@ def bench_once(
     drain_timeout_s: float | None = None,
     trace: TraceRecorder | None = None,
     retune: Callable[[Engine], Any] | None = None,
+    stop_on_miss: bool = False,
 ) -> dict:
     """Start an engine, warm it up, run one open-loop load, return the bench result.
+    `stop_on_miss`: stop once the SLA verdict is decided a miss (`run_open_loop`).
 
     With `trace`, the measured run's lane tasks (not the warm-up's) are recorded into it.
     With `retune`, a factory of a context manager around the run that retunes the engine
@@ -330,8 +363,9 @@ def bench_once(
             online = retune(engine) if retune is not None else contextlib.nullcontext()
             with online:
                 rec = run_open_loop(
-                    engine, pool, workload, sla_ms=sla_ms, drain_timeout_s=drain, progress=progress
-                )
+                    engine, pool, workload, sla_ms=sla_ms, percentile=percentile,
+                    drain_timeout_s=drain, progress=progress, stop_on_miss=stop_on_miss,
+                )  # fmt: skip
         finally:
             engine.close(drain=False, timeout=5.0)
     out = bench_result(

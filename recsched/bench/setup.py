@@ -151,9 +151,16 @@ class Setup:
         return min(4 * duration_s, max(duration_s, 300.0 / qps))
 
     def run_fn(
-        self, cfg: EngineConfig, name: str, duration_s: float, trace: bool = False
+        self,
+        cfg: EngineConfig,
+        name: str,
+        duration_s: float,
+        trace: bool = False,
+        stop_on_miss: bool = False,
     ) -> Callable[[float], dict]:
         """qps -> bench result, on the real engine (or the simulator with `sim`). With
+        `stop_on_miss` (searches that need only the verdict), a real run stops as soon as its
+        SLA verdict is decided a miss (`recsched.bench.run.run_open_loop`). With
         `trace` (real engine), the result also holds "lane_tasks": [items, seconds] of every
         lane task of the measured run, and "lane_gaps_s": per lane, the time from each task's
         end to the next one's start (the engine's hand-off between tasks, plus idling); the
@@ -170,7 +177,8 @@ class Setup:
             load = self.load(qps, self.run_duration(qps, duration_s))
             r = bench_once(
                 self.adapter, cfg, load, preset=name, sla_ms=self.sla_ms,
-                percentile=self.percentile, pool=pool, trace=rec, **extras,
+                percentile=self.percentile, pool=pool, trace=rec, stop_on_miss=stop_on_miss,
+                **extras,
             )  # fmt: skip
             if rec is not None:
                 ev = [e for e in rec.events() if e.get("ph") == "X"]
@@ -256,7 +264,7 @@ class Setup:
         """A preset's run function and the search's start rate (tuning it if it is tuned)."""
         assert self.sla_ms is not None, "capacity needs an SLA"
         cfg = self.config(name, log, **overrides)
-        return self.run_fn(cfg, name, duration_s), self.start_qps(cfg)
+        return self.run_fn(cfg, name, duration_s, stop_on_miss=True), self.start_qps(cfg)
 
     def _search(
         self,
@@ -274,6 +282,8 @@ class Setup:
             if log is not None:
                 lat = r["latency_ms"]
                 mark = "[green]meets[/green]" if r["sla_met"] else "[red]misses[/red]"
+                if "stopped" in r:
+                    mark += f" (stopped at {r['stopped']['at_s']:.1f} s: decided)"
                 log(
                     f"  {name}: {r['offered_qps']:8.1f} qps  p{self.percentile:g}="
                     f"{_pct(r, self.percentile):8.2f} ms  p99={lat['p99']:8.2f} ms  {mark}"

@@ -97,7 +97,7 @@ def tune(
     measured: set[str] = set()  # configurations by their JSON (EngineConfig holds a dict)
 
     def measure(cfg: EngineConfig) -> Measurement:
-        run = setup.run_fn(cfg, "tuning", duration)
+        run = setup.run_fn(cfg, "tuning", duration, stop_on_miss=True)
         runs = runs_per_config if found[0] else 2 * runs_per_config  # the first search is wider
         # a new configuration's first search ends at its first failure at the best rate so
         # far; re-measurements (the tuner's noise checks) search in full, so a fair

@@ -255,6 +255,46 @@ def _sla_met(lat: np.ndarray, ok: np.ndarray, sla_ms: float | None, p: float) ->
     return bool(np.percentile(counted, p) * 1000.0 <= sla_ms)
 
 
+def misses_to_fail(n: int, p: float) -> int:
+    """How many of `n` latencies over an SLA put their `p`-th percentile (linear method) over
+    it for certain: the percentile interpolates upward from order statistic
+    `floor(p/100 x (n - 1))`, which is over the SLA once `n - floor(...)` values are."""
+    assert n >= 1 and 0.0 <= p <= 100.0
+    return n - math.floor(p / 100.0 * (n - 1))
+
+
+class SlaWatch:
+    """Decides a run's SLA verdict early, when it can only be a miss.
+
+    `counts`: queries per class the run will issue; `slas`: `(sla_ms, percentile)` per class
+    (None: no verdict). Each finished query that missed its class's SLA, or failed (the
+    verdict counts failures as never served), is counted; once a class has `misses_to_fail`
+    of its whole run, that class's percentile, hence the run's verdict
+    (`LatencyLog.summary`), is over the SLA whatever the rest of the run does. A capacity
+    search can stop such a run there instead of serving a backlog to the end: runs past
+    capacity are half of a bisection's and the slowest. `add` may be called from several
+    threads: a lost count only delays the decision, never makes it wrong.
+    """
+
+    def __init__(self, counts: dict[str, int], slas: dict[str, tuple[float, float] | None]) -> None:
+        self._sla_ms: dict[str, float] = {}
+        self._fail_at: dict[str, int] = {}
+        for c, v in slas.items():
+            if v is not None and counts.get(c, 0) > 0:
+                self._sla_ms[c] = v[0]
+                self._fail_at[c] = misses_to_fail(counts[c], v[1])
+        self.misses = dict.fromkeys(self._sla_ms, 0)
+        self.missed: str | None = None  # the first class whose verdict is decided: missed
+
+    def add(self, r: QueryResult) -> None:
+        sla = self._sla_ms.get(r.cls)
+        if sla is None or (r.error is None and (r.done_s - r.arrival_s) * 1000.0 <= sla):
+            return  # (compared as the verdict compares: in ms)
+        self.misses[r.cls] += 1
+        if self.misses[r.cls] >= self._fail_at[r.cls] and self.missed is None:
+            self.missed = r.cls
+
+
 class StreamingLatency:
     """A thread-safe HDR histogram of latencies (1 us .. 60 s, 3 significant digits).
 

@@ -41,6 +41,22 @@ def test_bench_once_serves_every_query(name):
     assert r["cost_core_s_per_1k"] > 0
 
 
+def test_a_run_that_cannot_meet_its_sla_stops_once_that_is_decided():
+    ad = load_model("ncf")
+    cfg = preset("baseline", lanes=1)
+    pool = InputPool.make(ad, 1024)
+    load = LoadSpec(qps=200, duration_s=2.0, seed=3)
+    r = bench_once(ad, cfg, load, sla_ms=1e-3, pool=pool, stop_on_miss=True)  # none can meet
+    n, st = len(load.workload()), r["stopped"]
+    assert r["sla_met"] is False and st["of"] == n and 0 < st["issued"] < n / 2
+    assert st["class"] == "default" and st["at_s"] < 1.0
+    # every issued query is accounted for: served, or failed when the run stopped
+    assert r["queries"] == st["issued"] == r["classes"]["default"]["queries"]
+    ok = bench_once(ad, cfg, LoadSpec(qps=40, duration_s=0.5, seed=3), sla_ms=1e3, pool=pool,
+                    stop_on_miss=True)  # fmt: skip
+    assert "stopped" not in ok and ok["sla_met"] is True and ok["failed"] == 0
+
+
 def test_cli_bench_writes_json(tmp_path):
     out = tmp_path / "r.json"
     res = CliRunner().invoke(

@@ -251,7 +251,9 @@ def test_setup_capacities_interleaves_presets_and_reraises_a_failure(monkeypatch
     caps = {"baseline": 100.0, "dynamic": 30.0}
     order: list[str] = []
 
-    def run_fn(cfg, name, duration_s, trace=False):
+    def run_fn(cfg, name, duration_s, trace=False, stop_on_miss=False):
+        assert stop_on_miss, "a search needs only the verdict: its runs stop once decided"
+
         def run(q: float) -> dict:
             order.append(name)
             if name == "broken":

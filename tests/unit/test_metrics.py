@@ -23,6 +23,7 @@ from recsched.metrics import (
     summarize_ms,
     write_json,
 )
+from recsched.metrics.latency import SlaWatch, misses_to_fail
 from recsched.types import DEFAULT_CLASS, PriorityClass, QueryResult
 
 HIGH = PriorityClass("high", 0.2, 10.0, 20.0)
@@ -297,3 +298,47 @@ def test_machine_shares_split_cpu_ticks_into_busy_idle_and_steal(tmp_path):
     assert "hypervisor took 17% of the CPU" in bench_table(r).caption
     r["machine_cpu"] = {"busy": 0.5, "idle": 0.49, "steal": 0.01}
     assert "hypervisor" not in (bench_table(r).caption or "")
+
+
+def test_misses_to_fail_is_the_fewest_misses_that_decide_the_percentile() -> None:
+    for n in range(1, 70):
+        for p in (0.0, 50.0, 90.0, 95.0, 99.0, 100.0):
+            k = misses_to_fail(n, p)
+            assert 1 <= k <= n
+            # k misses, however slight: the percentile is over (linear method, as the verdict)
+            slight = np.array([1.99] * (n - k) + [2.01] * k)
+            assert np.percentile(slight, p) > 2.0, (n, p)
+            # one fewer can still be within: misses barely over, the rest far below
+            if k > 1:
+                near = np.array([0.0] * (n - k + 1) + [2.0 + 1e-12] * (k - 1))
+                assert np.percentile(near, p) <= 2.0 + 1e-12, (n, p)
+    assert misses_to_fail(20, 90.0) == 3 and misses_to_fail(100, 95.0) == 6
+
+
+def test_sla_watch_decides_a_miss_at_the_first_certain_query() -> None:
+    # high: 20 queries, its own 10 ms at p90 (3 misses decide); low: 100 queries, the run's
+    # 50 ms at p95 (6 decide); free: no SLA, never decides
+    slas = {"high": (10.0, 90.0), "low": (50.0, 95.0), "free": None}
+    w = SlaWatch({"high": 20, "low": 100, "free": 5}, slas)
+    low = [(60.0, None), (60.0, None), (1.0, "lane 0 failed"), (60.0, None), (51.0, None)]
+
+    def done(cls: str, ms: float, error: str | None = None) -> None:
+        w.add(QueryResult(0, cls, 1, 0.0, ms / 1e3, error))
+
+    for _ in range(50):
+        done("free", 1e6)
+    for ms, error in low:  # a failure counts as a miss (the verdict's "never served")
+        done("low", ms, error)
+    done("high", 10.0)  # exactly at the SLA is within
+    done("high", 11.0), done("high", 12.0)
+    assert w.missed is None and w.misses == {"high": 2, "low": 5}
+    done("low", 50.5)  # the sixth of low's: its p95 can no longer be within
+    assert w.missed == "low"
+    done("high", 13.0)
+    assert w.missed == "low" and w.misses["high"] == 3  # the first decided class stays
+    log = LatencyLog()  # what the watch saw, the rest of the run within: the same verdict
+    for ms, error in [*low, (50.5, None)]:
+        log.append("low", 0.0, ms / 1e3, 1, error is None)
+    for _ in range(94):
+        log.append("low", 0.0, 0.001, 1)
+    assert log.summary((PriorityClass("low", 1.0),), 50.0, 95.0)["sla_met"] is False

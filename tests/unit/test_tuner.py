@@ -493,7 +493,9 @@ class _FakeSetup:
     def start_qps(self, cfg: EngineConfig) -> float:
         return 100.0
 
-    def run_fn(self, cfg: EngineConfig, name: str, duration: float):
+    def run_fn(self, cfg: EngineConfig, name: str, duration: float, stop_on_miss: bool = False):
+        assert stop_on_miss, "tuning needs only each run's verdict: its runs stop once decided"
+
         def run(qps: float) -> dict:
             self.runs += 1
             ok = qps <= self.capacity(cfg)
