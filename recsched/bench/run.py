@@ -24,7 +24,7 @@ from recsched.metrics.machine import machine_shares, machine_ticks
 from recsched.metrics.report import cost_core_s_per_1k
 from recsched.metrics.trace import TraceRecorder
 from recsched.models.base import Inputs, ModelAdapter, slice_rows
-from recsched.types import DEFAULT_CLASS, PriorityClass, Query
+from recsched.types import DEFAULT_CLASS, PriorityClass, Query, QueryResult
 from recsched.workload import Workload, generate
 from recsched.workload.arrivals import parse_arrivals
 from recsched.workload.sizes import parse_sizes
@@ -121,9 +121,10 @@ def run_open_loop(
     failures (an overloaded configuration fails its SLA rather than running forever).
     With `stop_on_miss`, the run stops as soon as some class has missed its SLA (`sla_ms` at
     `percentile`, or the class's own) on more queries than its whole run allows
-    (`SlaWatch`): the verdict is then decided, so a capacity search need not serve the rest.
-    The record's `stopped` says when; its percentiles are those of the queries finished by
-    then, what was in flight counting as failed.
+    (`SlaWatch`): the verdict is then decided, so a capacity search need not serve the rest,
+    whether the run is still issuing (the rest is not issued) or draining its backlog. The
+    record's `stopped` says when; its percentiles are those of the queries finished by then,
+    what was in flight counting as failed.
     """
     log = LatencyLog()
     watch = sla_watch(workload, sla_ms, percentile) if stop_on_miss else None
@@ -152,10 +153,16 @@ def run_open_loop(
     t0 = clock.now() + 0.02
     last_report = 0.0
     issued, stopped = n, None
+
+    def decided(issued: int) -> dict[str, Any] | None:
+        """Where the run stops, once its verdict is decided a miss (`stop_on_miss`)."""
+        if watch is None or watch.missed is None:
+            return None
+        return {"at_s": clock.now() - t0, "class": watch.missed, "issued": issued, "of": n}
+
     for i in range(n):
-        if watch is not None and watch.missed is not None:
+        if (stopped := decided(i)) is not None:
             issued = i
-            stopped = {"at_s": clock.now() - t0, "class": watch.missed, "issued": i, "of": n}
             break
         target = t0 + ts[i]
         delay = target - clock.now()
@@ -168,12 +175,18 @@ def run_open_loop(
         if fut.done() and isinstance(fut.exception(), (QueueFull, EngineClosed)):
             rejected += 1
             log.append(q.cls, q.arrival_s, q.arrival_s, q.n_items, ok=False)
+            if watch is not None:
+                watch.add(
+                    QueryResult(q.qid, q.cls, q.n_items, q.arrival_s, q.arrival_s, "rejected")
+                )
         if progress is not None and target - last_report > 0.25:
             last_report = target
             progress(i + 1, n)
     t_end = t0 + workload.duration_s if stopped is None else clock.now()
     deadline = max(clock.now(), t_end) + (drain_timeout_s if stopped is None else 0.0)
     while len(log) < issued and clock.now() < deadline:
+        if stopped is None and (stopped := decided(issued)) is not None:
+            break  # decided while the backlog drains: no need to wait for it
         time.sleep(0.005)
     why = "benchmark drain timeout" if stopped is None else "run stopped: its SLA was missed"
     unfinished = engine.abort(why) if len(log) < issued else 0

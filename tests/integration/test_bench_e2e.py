@@ -55,6 +55,12 @@ def test_a_run_that_cannot_meet_its_sla_stops_once_that_is_decided():
     ok = bench_once(ad, cfg, LoadSpec(qps=40, duration_s=0.5, seed=3), sla_ms=1e3, pool=pool,
                     stop_on_miss=True)  # fmt: skip
     assert "stopped" not in ok and ok["sla_met"] is True and ok["failed"] == 0
+    # a burst of large queries, issued before the first finishes: decided while it drains, the
+    # rest of the backlog is dropped (failed), not served
+    burst = LoadSpec(qps=5000, duration_s=0.004, sizes="fixed:1000", seed=3)
+    r = bench_once(ad, cfg, burst, sla_ms=1e-3, pool=pool, stop_on_miss=True)
+    assert r["sla_met"] is False and "stopped" in r
+    assert r["queries"] == r["stopped"]["issued"] and 0 < r["failed"] < r["queries"]
 
 
 def test_cli_bench_writes_json(tmp_path):
