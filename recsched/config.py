@@ -26,7 +26,8 @@ DEFAULT_BATCH_SIZE = 256
 class EngineConfig:
     """One serving configuration.
 
-    request: whole | split | dynamic | tuned (tuned = dynamic with tuner-chosen knobs).
+    request: whole | split | dynamic | tuned (tuned = split or dynamic, as the tuner chose,
+    with its knobs; `dynamic` until chosen).
     batch_size: B for split/dynamic. merge_delay_ms: the most a small query waits to be merged.
     offload_threshold: queries with n_items >= T go to accelerator lanes (None: never).
     operator: sequential | roundrobin | opstream. lanes / threads_per_lane: CPU lanes.

@@ -33,6 +33,7 @@ AUTO_BUDGET = 8  # tuning on a cache miss (e.g. inside `compare`): about a minut
 CONFIRM_ROUNDS = 2
 AUTO_DURATION_S = 2.5  # per run: shorter runs made p95 too noisy to rank configurations
 TUNED_FIELDS = (
+    "request",
     "batch_size",
     "order",
     "merge_delay_ms",
@@ -55,14 +56,31 @@ def cache_key_sizes(setup: Setup, cfg: EngineConfig) -> str:
     return key + "|sim" if setup.sim else key  # tuned on the simulator: never for the engine
 
 
+# Whether queries are merged: `split` cuts queries larger than B and never merges (DeepRecSys'
+# request level; at B=1024 every query runs whole, as the baseline), `dynamic` also merges
+# the queued ones up to B. Merging buys nothing where the per-item cost stops falling at a few
+# dozen rows (rmc1: ~10 us per item from 60 rows up) and costs the small queries the wait for
+# their batch-mates, so the tuner decides it, right after the batch size.
+REQUEST_KNOB = Knob("request", ("split", "dynamic"))
+
+
 def tuning_space(cores: int) -> TuningSpace:
-    """The default space, with batch sizes from 4: below that a batch is all dispatch."""
+    """The default space, with batch sizes from 4 (below that a batch is all dispatch) and
+    `request` (merge or not) after the batch size; a merge delay only with merging."""
     space = default_space(cores, has_accel=False, max_batch=1024)
-    knobs = tuple(
-        Knob(k.name, tuple(v for v in k.values if v >= 4)) if k.name == "batch_size" else k
-        for k in space.knobs
-    )
-    return TuningSpace(knobs, space.constraint)
+    knobs: list[Knob] = []
+    for k in space.knobs:
+        if k.name == "batch_size":
+            knobs += [Knob(k.name, tuple(v for v in k.values if v >= 4)), REQUEST_KNOB]
+        else:
+            knobs.append(k)
+    base = space.constraint
+
+    def fits(c: EngineConfig) -> bool:
+        no_idle_delay = c.request != "split" or c.merge_delay_ms == 0.0
+        return no_idle_delay and (base is None or base(c))
+
+    return TuningSpace(tuple(knobs), fits)
 
 
 def tune(
@@ -76,7 +94,8 @@ def tune(
     runs_per_config: int = 4,
     early_stop: bool = True,
 ) -> dict:
-    """Tune the `dynamic` request knobs for latency-bounded throughput; cache the best.
+    """Tune the request knobs (`split` or `dynamic`, batch size, queue order, merge delay,
+    lanes x threads) for latency-bounded throughput; cache the best.
 
     With `early_stop`, once a configuration has met the SLA, a new configuration that misses
     it at the best rate so far is measured no further on that first look (it cannot win;
@@ -84,11 +103,11 @@ def tune(
     seconds each). Re-measurements and the confirmation against the start measure in full."""
     assert setup.sla_ms is not None, "tuning needs an SLA"
     lanes, tpl = os.cpu_count() or 1, 1
-    # Start where the baseline is (B=1024 with no merge delay runs every query whole: the
-    # largest query has 1000 items), so on a noisy machine the climb starts from a known
+    # Start where the baseline is (`split` at B=1024 runs every query whole and merges none:
+    # the largest query has 1000 items), so on a noisy machine the climb starts from a known
     # good point and only moves for a measured gain.
     start = EngineConfig(
-        request="dynamic", batch_size=1024, merge_delay_ms=0.0, operator=operator,
+        request="split", batch_size=1024, merge_delay_ms=0.0, operator=operator,
         lanes=lanes, threads_per_lane=tpl,
     )  # fmt: skip
     best_qps = [setup.start_qps(start)]

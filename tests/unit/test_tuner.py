@@ -520,3 +520,36 @@ def test_tune_early_stop_spends_fewer_runs_and_finds_the_same_best(monkeypatch, 
     assert best_early == best_full and best_early["batch_size"] == 256  # the true optimum
     assert runs_early < runs_full
     assert doc["trajectory"] and all("qps" in row for row in doc["trajectory"])
+
+
+def test_the_real_tuner_starts_as_the_baseline_and_may_choose_not_to_merge(
+    monkeypatch, tmp_path
+) -> None:
+    """The engine's space: `split` (cut, never merge) or `dynamic` right after the batch size,
+    a merge delay only with merging; the climb starts at `split` B=1024 (every query whole),
+    and a surface where merging costs capacity keeps `split`."""
+    from recsched.bench.tune import REQUEST_KNOB, TUNED_FIELDS, tune, tuning_space
+
+    space = tuning_space(2)
+    assert [k.name for k in space.knobs][:2] == ["batch_size", "request"]
+    assert REQUEST_KNOB in space.knobs and "request" in TUNED_FIELDS
+    start = EngineConfig(request="split", batch_size=1024, merge_delay_ms=0.0, lanes=2)
+    assert space.feasible(start, space.key(start))
+    waits = start.replace(merge_delay_ms=1.0)  # a merge delay without merging: not a config
+    assert not space.feasible(waits, space.key(waits))
+    assert space.feasible(
+        waits.replace(request="dynamic"), space.key(waits.replace(request="dynamic"))
+    )
+
+    class MergingCosts(_FakeSetup):
+        @staticmethod
+        def capacity(cfg: EngineConfig) -> float:
+            return _FakeSetup.capacity(cfg) * (0.8 if cfg.request == "dynamic" else 1.0)
+
+    monkeypatch.setenv("RECSCHED_CACHE", str(tmp_path))
+    doc = tune(MergingCosts(), budget=10, duration=0.1)  # type: ignore[arg-type]
+    assert doc["trajectory"][0]["config"]["request"] == "split"
+    assert doc["trajectory"][0]["config"]["batch_size"] == 1024
+    assert doc["best"]["request"] == "split" and doc["best"]["batch_size"] == 256
+    tried = {row["config"]["request"] for row in doc["trajectory"]}
+    assert tried == {"split", "dynamic"}  # merging was measured, and lost
