@@ -162,10 +162,13 @@ def plot_load_curves(
     curves: Mapping[str, Mapping[str, Any]], path: Path, title: str, percentile: float = 95.0
 ) -> str:
     """p95 (solid) and p99 (dashed) against offered load per preset; the SLA and each
-    preset's latency-bounded throughput marked."""
+    preset's latency-bounded throughput marked. A run stopped once its verdict was decided
+    (`"stopped"`) has percentiles of what had finished, a lower bound: drawn as an open
+    upward triangle."""
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
     slas = set()
+    stop_label = "stopped once decided (a lower bound)"
     for i, (name, cap) in enumerate(curves.items()):
         color = _COLORS[i % len(_COLORS)]
         runs = sorted(cap.get("runs") or [], key=lambda r: _num(r.get("offered_qps")))
@@ -173,6 +176,11 @@ def plot_load_curves(
         for key, ls in (("p95", "-"), ("p99", "--")):
             y = [_num((r.get("latency_ms") or {}).get(key)) for r in runs]
             ax.plot(x, y, ls=ls, marker="o", ms=3.5, color=color, label=f"{name} {key}")
+            up = [(a, b) for a, b, r in zip(x, y, runs, strict=True) if "stopped" in r]
+            if up:
+                ax.plot(*zip(*up, strict=True), ls="none", marker="^", ms=8, mfc="none",
+                        color=color, label=stop_label)  # fmt: skip
+                stop_label = "_nolegend_"
         q = _num(cap.get("latency_bounded_qps"))
         if not math.isnan(q):
             ax.axvline(q, color=color, ls=":", lw=1.2)

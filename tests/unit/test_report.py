@@ -114,3 +114,20 @@ def test_cli_report(tmp_path):
     bad.write_text("{not json")
     res = CliRunner().invoke(app, ["report", str(bad), "--out", str(out)])
     assert res.exit_code == 2 and "bad.json" in res.output
+
+
+def test_load_curves_mark_runs_stopped_once_decided(tmp_path):
+    """A capacity run stopped once its verdict was decided carries percentiles of what had
+    finished (a lower bound): the curves draw it apart, so the picture changes."""
+    from recsched.bench.report import plot_load_curves
+
+    doc = json.loads((FIXTURES / "compare.json").read_text())
+    curves = doc["presets"]
+    plain = tmp_path / plot_load_curves(curves, tmp_path / "plain.png", "t")
+    failing = [r for cap in curves.values() for r in cap["runs"] if not r.get("sla_met")]
+    assert failing, "the fixture has runs past the capacity"
+    for r in failing:
+        r["stopped"] = {"at_s": 0.5, "class": "default", "issued": 10, "of": 100}
+    marked = tmp_path / plot_load_curves(curves, tmp_path / "marked.png", "t")
+    assert marked.read_bytes()[:8] == PNG_MAGIC
+    assert marked.read_bytes() != plain.read_bytes()
