@@ -223,7 +223,8 @@ def plot_capacity_bars(compare: Mapping[str, Any], path: Path, title: str) -> st
 
 def plot_tune(tune: Mapping[str, Any], path: Path, title: str) -> str:
     """The tuner's trajectory: the measured rate per step, met (green) or missed (red),
-    accepted steps ringed, and the best rate met so far."""
+    accepted steps ringed (a restart's point in grey: the climb moves there whatever it
+    measured), and the best rate met so far."""
     rows = tune.get("trajectory") or []
     step = [int(r.get("step", i + 1)) for i, r in enumerate(rows)]
     qps = [_num(r.get("qps")) for r in rows]
@@ -238,10 +239,15 @@ def plot_tune(tune: Mapping[str, Any], path: Path, title: str) -> str:
     ax.step(step, best, where="post", color="black", lw=1.5, label="best met so far")
     ax.scatter(step, qps, c=["#2ca02c" if m else "#d62728" for m in met], s=28, zorder=3,
                label="measured (green met, red missed)")  # fmt: skip
-    acc = [(s, q) for s, q, r in zip(step, qps, rows, strict=True) if r.get("accepted")]
-    if acc:
-        ax.scatter(*zip(*acc, strict=True), s=110, facecolors="none", edgecolors="black",
-                   zorder=4, label="accepted")  # fmt: skip
+    for restart, edge, label in ((False, "black", "accepted"), (True, "grey", "restart")):
+        acc = [
+            (s, q)
+            for s, q, r in zip(step, qps, rows, strict=True)
+            if r.get("accepted") and (r.get("phase") == "restart") == restart
+        ]
+        if acc:
+            ax.scatter(*zip(*acc, strict=True), s=110, facecolors="none", edgecolors=edge,
+                       zorder=4, label=label)  # fmt: skip
     ax.set_xlabel("tuning step")
     ax.set_ylabel("latency-bounded throughput (queries/s)")
     ax.set_title(title, fontsize=10)
