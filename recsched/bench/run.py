@@ -19,7 +19,7 @@ import numpy as np
 from recsched.clock import WallClock
 from recsched.config import EngineConfig
 from recsched.engine import Engine, EngineClosed, QueueFull
-from recsched.metrics.latency import LatencyLog, SlaWatch
+from recsched.metrics.latency import LatencyLog, SlaWatch, class_sla
 from recsched.metrics.machine import machine_shares, machine_ticks
 from recsched.metrics.report import cost_core_s_per_1k
 from recsched.metrics.trace import TraceRecorder
@@ -212,15 +212,12 @@ def run_open_loop(
 
 def sla_watch(workload: Workload, sla_ms: float | None, percentile: float) -> SlaWatch:
     """The `SlaWatch` of a run of `workload`: each class's queries and SLA as the verdict
-    reads them (`LatencyLog.summary`: its own SLA, else the run's `sla_ms` at `percentile`)."""
+    reads them (`class_sla`, as `LatencyLog.summary` does)."""
     counts = np.bincount(workload.cls, minlength=len(workload.classes)).tolist()
-    slas = {
-        c.name: (c.sla_ms, c.percentile)
-        if c.sla_ms is not None
-        else ((sla_ms, percentile) if sla_ms is not None else None)
-        for c in workload.classes
-    }
-    return SlaWatch({c.name: k for c, k in zip(workload.classes, counts, strict=True)}, slas)
+    return SlaWatch(
+        {c.name: k for c, k in zip(workload.classes, counts, strict=True)},
+        {c.name: class_sla(c, sla_ms, percentile) for c in workload.classes},
+    )
 
 
 def bench_result(

@@ -217,8 +217,7 @@ class LatencyLog:
         for name in names:
             c = spec.get(name, PriorityClass(name, 0.0, 1.0, None, percentile))
             lat, ok = cols.get(name, (np.empty(0), np.empty(0, dtype=bool)))
-            own = c.sla_ms is not None
-            sla, pct = (c.sla_ms, c.percentile) if own else (sla_ms, percentile)
+            sla, pct = class_sla(c, sla_ms, percentile)
             met = _sla_met(lat, ok, sla, pct)
             if met is not None:
                 verdicts.append(met)
@@ -248,6 +247,14 @@ class LatencyLog:
         }
 
 
+def class_sla(
+    c: PriorityClass, sla_ms: float | None, percentile: float
+) -> tuple[float | None, float]:
+    """`(SLA ms, percentile)` a class is judged by: its own SLA at its own percentile, else the
+    run's `sla_ms` at the run's `percentile` (SLA None: no verdict)."""
+    return (c.sla_ms, c.percentile) if c.sla_ms is not None else (sla_ms, percentile)
+
+
 def _sla_met(lat: np.ndarray, ok: np.ndarray, sla_ms: float | None, p: float) -> bool | None:
     if sla_ms is None or len(lat) == 0:
         return None
@@ -267,20 +274,22 @@ class SlaWatch:
     """Decides a run's SLA verdict early, when it can only be a miss.
 
     `counts`: queries per class the run will issue; `slas`: `(sla_ms, percentile)` per class
-    (None: no verdict). Each finished query that missed its class's SLA, or failed (the
-    verdict counts failures as never served), is counted; once a class has `misses_to_fail`
-    of its whole run, that class's percentile, hence the run's verdict
+    (`class_sla`; None, or an SLA of None: no verdict). Each finished query that missed its
+    class's SLA, or failed (the verdict counts failures as never served), is counted; once a
+    class has `misses_to_fail` of its whole run, that class's percentile, hence the run's verdict
     (`LatencyLog.summary`), is over the SLA whatever the rest of the run does. A capacity
     search can stop such a run there instead of serving a backlog to the end: runs past
     capacity are half of a bisection's and the slowest. `add` may be called from several
     threads: a lost count only delays the decision, never makes it wrong.
     """
 
-    def __init__(self, counts: dict[str, int], slas: dict[str, tuple[float, float] | None]) -> None:
+    def __init__(
+        self, counts: dict[str, int], slas: dict[str, tuple[float | None, float] | None]
+    ) -> None:
         self._sla_ms: dict[str, float] = {}
         self._fail_at: dict[str, int] = {}
         for c, v in slas.items():
-            if v is not None and counts.get(c, 0) > 0:
+            if v is not None and v[0] is not None and counts.get(c, 0) > 0:
                 self._sla_ms[c] = v[0]
                 self._fail_at[c] = misses_to_fail(counts[c], v[1])
         self.misses = dict.fromkeys(self._sla_ms, 0)
