@@ -173,12 +173,11 @@ def run_open_loop(
         q = workload.query(i, model, sla_ms, t0)
         fut = engine.submit(q, pool.take(int(offsets[i]), sizes[i]))
         if fut.done() and isinstance(fut.exception(), (QueueFull, EngineClosed)):
-            rejected += 1
-            log.append(q.cls, q.arrival_s, q.arrival_s, q.n_items, ok=False)
+            rejected += 1  # never served: a failure for the log and the watch alike
+            r = QueryResult(q.qid, q.cls, q.n_items, q.arrival_s, q.arrival_s, "rejected")
+            log.add(r)
             if watch is not None:
-                watch.add(
-                    QueryResult(q.qid, q.cls, q.n_items, q.arrival_s, q.arrival_s, "rejected")
-                )
+                watch.add(r)
         if progress is not None and target - last_report > 0.25:
             last_report = target
             progress(i + 1, n)
