@@ -58,9 +58,9 @@ def cache_key_sizes(setup: Setup, cfg: EngineConfig) -> str:
 
 # Whether queries are merged: `split` cuts queries larger than B and never merges (DeepRecSys'
 # request level; at B=1024 every query runs whole, as the baseline), `dynamic` also merges
-# the queued ones up to B. Merging buys nothing where the per-item cost stops falling at a few
-# dozen rows (rmc1: ~10 us per item from 60 rows up) and costs the small queries the wait for
-# their batch-mates, so the tuner decides it, right after the batch size.
+# the queued ones up to B. Merging buys little where the per-item cost stops falling (rmc1:
+# 13.7 us per item at 256 rows, 13.0 at 1,024; BENCHMARKS.md, the model table) and costs the
+# small queries the wait for their batch-mates, so the tuner decides it, after the batch size.
 REQUEST_KNOB = Knob("request", ("split", "dynamic"))
 
 
