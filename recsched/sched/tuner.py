@@ -11,7 +11,8 @@ published defects fixed:
 - noise: a challenger must beat the incumbent by more than `tol` (relative, default 3%) to
   win (smaller gains are ties); a close call either way (within `remeasure_margin`, default
   10%) is re-measured before it is decided (the side with fewer samples, the incumbent
-  first, up to `max_samples` each), and the samples of a config are averaged;
+  first, up to `max_samples` each; not between two misses once something has met the SLA),
+  and the samples of a config are averaged;
 - random restarts from unmeasured feasible points spend whatever budget is left;
 - a cache: a configuration is measured once, unless re-measured on purpose (flagged so).
 
@@ -390,6 +391,9 @@ class Tuner:
     def _rank_of(self, key: Key) -> tuple[int, float]:
         return _rank(self._agg(key))
 
+    def _any_met(self) -> bool:
+        return any(combine(s).met for s in self._st.samples.values())
+
     def _n(self, key: Key) -> int:
         return len(self._st.samples.get(key, ()))
 
@@ -413,10 +417,15 @@ class Tuner:
         A close call either way (|advantage| <= remeasure_margin) is re-measured first: the
         side with fewer samples (the incumbent on a tie), until both have `max_samples`; a
         one-sided rule would guard against lucky challengers but never revisit unlucky ones.
+        Not between two configurations that both missed the SLA once some configuration has
+        met it: the best is met, so neither can become it by this call, and a re-measurement
+        spends a run (a full capacity search on the real engine) to order two losers.
         """
         while True:
-            adv = advantage(self._agg(challenger), self._agg(incumbent))
-            if abs(adv) > self.remeasure_margin or self.runs >= self.budget:
+            a, b = self._agg(challenger), self._agg(incumbent)
+            adv = advantage(a, b)
+            losers = not a.met and not b.met and self._any_met()
+            if abs(adv) > self.remeasure_margin or self.runs >= self.budget or losers:
                 return adv > self.tol
             side = incumbent if self._n(incumbent) <= self._n(challenger) else challenger
             if self._n(side) >= self.max_samples:

@@ -278,6 +278,32 @@ def test_close_calls_are_remeasured_and_small_wins_are_ties() -> None:
     )
 
 
+def test_close_calls_between_two_misses_are_not_remeasured_once_something_met() -> None:
+    """A restart among configurations that all miss the SLA orders them by their tails, but
+    does not re-measure a close call between two of them once another configuration has
+    met the SLA (neither can become the best); before anything met, it still does."""
+    space = TuningSpace((Knob("batch_size", (1, 2, 4, 8)),))
+    tails = {1: 5.0, 2: 30.0, 4: 31.0, 8: 30.5}  # SLA 10 ms: only B=1 meets it
+
+    def measure(c: EngineConfig) -> Measurement:
+        p = tails[c.batch_size]
+        return Measurement(100.0 if p <= 10 else 0.0, p, 10.0, p <= 10)
+
+    t = Tuner(space, START.replace(batch_size=1), budget=10, seed=0, max_restarts=1)
+    drive(t, measure)
+    traj = t.trajectory()
+    assert traj[0]["config"]["batch_size"] == 1 and traj[0]["met"]
+    assert any(r["phase"] == "restart" for r in traj)  # the restart climbed among misses
+    assert not any(r["remeasure"] for r in traj)
+    assert t.best()[0].batch_size == 1
+
+    # nothing met yet (B=1 misses too): the same close calls are re-measured
+    tails[1] = 29.0
+    t = Tuner(space, START.replace(batch_size=4), budget=10, seed=0, max_restarts=0)
+    drive(t, measure)
+    assert any(r["remeasure"] for r in t.trajectory())
+
+
 def test_measurement_ordering_and_combining() -> None:
     met = Measurement(100, 5, 10, True)
     assert advantage(Measurement(1, 9, 10, True), Measurement(500, 20, 10, False)) == math.inf
