@@ -13,7 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from recsched.bench import calibrate
-from recsched.bench.capacity import find_capacity
+from recsched.bench.capacity import find_capacity, passes
 from recsched.bench.tuning import (
     TuneCache,
     confirm_against_start,
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from recsched.bench.setup import Log, Setup
 
 AUTO_BUDGET = 8  # tuning on a cache miss (e.g. inside `compare`): about a minute on rmc1
-# After the climb, the tuned best and the start are re-measured this many times each,
-# interleaved; the best must beat the start on its mean (bench.tuning.confirm_against_start).
+# After the climb, the tuned best and the start run side by side at one rate between their
+# capacities, this many rounds; the best must win more of them (bench.tuning.confirm_against_start).
 CONFIRM_ROUNDS = 2
 AUTO_DURATION_S = 2.5  # per run: shorter runs made p95 too noisy to rank configurations
 TUNED_FIELDS = (
@@ -112,7 +112,6 @@ def tune(
     )  # fmt: skip
     best_qps = [setup.start_qps(start)]
     found = [False]
-    climbing = [early_stop]
     measured: set[str] = set()  # configurations by their JSON (EngineConfig holds a dict)
 
     def measure(cfg: EngineConfig) -> Measurement:
@@ -124,7 +123,7 @@ def tune(
         key = json.dumps(cfg.to_dict(), sort_keys=True)
         first = key not in measured
         measured.add(key)
-        floor = best_qps[0] if found[0] and climbing[0] and first else 0.1
+        floor = best_qps[0] if found[0] and early_stop and first else 0.1
         s = find_capacity(run, start_qps=best_qps[0], rel_tol=0.1, max_runs=runs, min_qps=floor)
         m = measurement_from_capacity(s.qps, s.best, s.runs, setup.sla_ms)
         if m.met and (m.qps > best_qps[0] or not found[0]):
@@ -139,12 +138,18 @@ def tune(
             ok = "[green]met[/green]" if row["met"] else "[red]missed[/red]"
             log(f"  tune step {row['step']}: {knobs}  {row['qps']:.1f} qps  {ok}")
 
+    def run_at(cfg: EngineConfig, qps: float) -> Measurement:
+        r = setup.run_fn(cfg, "tuning", duration, stop_on_miss=True)(qps)
+        ok = passes(r)
+        return measurement_from_capacity(qps if ok else 0.0, r if ok else None, [r], setup.sla_ms)
+
     result = run_tuning(measure, tuning_space(lanes), start, budget, setup.seed, progress)
-    climbing[0] = False
-    result, confirm = confirm_against_start(result, start, measure, CONFIRM_ROUNDS)
+    result, confirm = confirm_against_start(result, start, run_at, CONFIRM_ROUNDS)
     if log is not None and confirm:
         kept = "the tuned best" if result.best_config != start else "the start point"
-        log(f"  confirmation ({len(confirm)} runs, start vs best, interleaved): kept {kept}")
+        rate = ", ".join(f"{r['confirm']} {r['qps']:.1f} qps {'met' if r['met'] else 'missed'}"
+                         for r in confirm)  # fmt: skip
+        log(f"  confirmation, paired runs ({rate}): kept {kept}")
     TuneCache(calibrate.cache_dir() / "tuned").put(
         setup.adapter.name, setup.scale, setup.sla_ms, cache_key_sizes(setup, start), result
     )

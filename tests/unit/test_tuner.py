@@ -458,6 +458,18 @@ def _result(best: EngineConfig, qps: float, trajectory: list) -> object:
     return TuneResult(best, Measurement(qps, 10.0, 20.0, True), trajectory, 3, 8, 0.0)
 
 
+def _paired(truth: dict[int, float], calls: list, slow: int = 0):
+    """run_at over true capacities: a run at `qps` meets the SLA when `qps` is within the
+    configuration's capacity (the first `slow` runs miss whatever the rate: a slow spell)."""
+
+    def run_at(c: EngineConfig, qps: float) -> Measurement:
+        calls.append((c.batch_size, round(qps, 1)))
+        ok = qps <= truth[c.batch_size] and len(calls) > slow
+        return Measurement(qps if ok else 0.0, 10.0 if ok else 40.0, 20.0, ok)
+
+    return run_at
+
+
 def test_confirmation_keeps_the_start_when_the_best_was_a_lucky_draw() -> None:
     from recsched.bench.tuning import confirm_against_start
 
@@ -465,16 +477,16 @@ def test_confirmation_keeps_the_start_when_the_best_was_a_lucky_draw() -> None:
     best = start.replace(batch_size=256)
     truth = {1024: 700.0, 256: 500.0}  # the start is really better; 256 once measured 540
     traj = [{"config": {"batch_size": 1024, "merge_delay_ms": 0.0}, "qps": 380.0, "met": True}]
-    calls = []
-
-    def measure(c: EngineConfig) -> Measurement:
-        calls.append(c.batch_size)
-        return Measurement(truth[c.batch_size], 10.0, 20.0, True)
-
-    res, rows = confirm_against_start(_result(best, 540.0, traj), start, measure, rounds=2)
-    assert calls == [1024, 256, 1024, 256]  # interleaved
-    assert res.best_config == start and res.best.qps == 700.0  # (380+700+700)/3 > (540+500+500)/3
+    calls: list = []
+    res, rows = confirm_against_start(
+        _result(best, 540.0, traj), start, _paired(truth, calls), rounds=2
+    )
+    # both meet the SLA at sqrt(380 x 540) = 453: the next round moves up towards 540
+    assert calls == [(1024, 453.0), (256, 453.0), (1024, 494.6), (256, 494.6)]
+    assert res.best_config == start  # two ties: the start stays
+    assert res.best.qps == pytest.approx(494.6, abs=0.1)  # its best passing run, a lower bound
     assert [r["confirm"] for r in rows] == ["start", "best", "start", "best"]
+    assert all(r["met"] for r in rows)
 
 
 def test_confirmation_keeps_a_truly_better_best_and_skips_when_best_is_start() -> None:
@@ -482,13 +494,26 @@ def test_confirmation_keeps_a_truly_better_best_and_skips_when_best_is_start() -
 
     start = EngineConfig(request="dynamic", batch_size=1024, merge_delay_ms=0.0)
     best = start.replace(batch_size=256)
-
-    def measure(c: EngineConfig) -> Measurement:
-        return Measurement(900.0 if c.batch_size == 256 else 600.0, 10.0, 20.0, True)
-
-    res, _ = confirm_against_start(_result(best, 850.0, []), start, measure, rounds=1)
-    assert res.best_config == best
-    same, rows = confirm_against_start(_result(start, 600.0, []), start, measure)
+    truth = {1024: 600.0, 256: 900.0}
+    traj = [{"config": {"batch_size": 1024, "merge_delay_ms": 0.0}, "qps": 600.0, "met": True}]
+    calls: list = []
+    res, rows = confirm_against_start(_result(best, 850.0, traj), start, _paired(truth, calls))
+    # at sqrt(600 x 850) = 714 the start misses and the best meets, twice: 2-0
+    assert calls == [(1024, 714.1), (256, 714.1)] * 2
+    assert res.best_config == best and res.best.qps == 850.0
+    # a slow spell fails both at 714: the rate moves down to sqrt(600 x 714) = 654.6
+    calls = []
+    res, rows = confirm_against_start(
+        _result(best, 850.0, traj), start, _paired(truth, calls, slow=2)
+    )
+    assert calls == [(1024, 714.1), (256, 714.1), (1024, 654.6), (256, 654.6)]
+    assert res.best_config == best  # 1-0, the other round a tie
+    # the start never met the SLA while tuning: the rate is half the best's capacity
+    calls = []
+    miss = [dict(traj[0], qps=0.0, met=False)]
+    confirm_against_start(_result(best, 850.0, miss), start, _paired(truth, calls), rounds=1)
+    assert calls[0] == (1024, 425.0)
+    same, rows = confirm_against_start(_result(start, 600.0, []), start, _paired(truth, []))
     assert same.best_config == start and rows == []
 
 
