@@ -24,7 +24,7 @@ from typing import Any
 
 from recsched.config import EngineConfig
 from recsched.sched.retune import RegimeTable
-from recsched.sched.tuner import Measurement, Tuner, TuningSpace
+from recsched.sched.tuner import Measurement, Tuner, TuningSpace, combine
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class TuneResult:
     restarts: int = 0
 
 
+SPREAD = 1.1  # the confirmation's rate moves at least this factor after a tie
+
+
 def confirm_against_start(
     result: TuneResult,
     start: EngineConfig,
@@ -55,11 +58,11 @@ def confirm_against_start(
     A question of which is better, not of how much: each round runs the start, then the best,
     once each at one offered rate (`run_at(config, qps)`, a Measurement whose `met` is the
     run's verdict), between the start's capacity as measured while tuning and the best's
-    (geometric mean; half the best's if the start never met the SLA). A round is won by the
-    configuration that meets the SLA when the other misses. When both meet, the next round's
-    rate moves up towards the best's capacity; when both miss, down towards the start's; a
-    split keeps the rate, so that a lucky single run is checked once more. Ties keep the
-    start. Most runs at that rate pass for the better configuration and fail for the worse,
+    (geometric mean; half the best's if the start never met the SLA, 10% below both if they
+    read alike). A round is won by the configuration that meets the SLA when the other
+    misses. When both meet, the next round's rate moves up (by at least 10%); when both miss,
+    down; a split keeps the rate, so that a lucky single run is checked once more. Ties keep
+    the start. Most runs at that rate pass for the better configuration and fail for the worse,
     and failing runs stop early, so this costs about `rounds` short runs, where the capacity
     searches it replaced cost minutes on models whose runs last seconds (din).
 
@@ -75,12 +78,15 @@ def confirm_against_start(
             tail = row.get("p_tail_ms", math.nan)
             seen.append(Measurement(row["qps"], tail, result.best.sla_ms, bool(row.get("met"))))
     hi = result.best.qps
-    lo = max((m.objective for m in seen), default=0.0)
-    lo = min(lo, hi) if lo > 0 else hi / 4  # never met: the first rate is half the best's
+    lo = combine(seen).objective if seen else 0.0  # as the tuner averaged it
+    if lo <= 0:
+        lo = hi / 4  # never met: the first rate is half the best's
+    elif lo >= hi:  # measured alike (the searches' rates are coarse): just below them
+        lo = hi / SPREAD**2
     rows: list[dict[str, Any]] = []
     wins = {"start": 0, "best": 0}
     for _ in range(rounds):
-        qps = math.sqrt(lo * hi) if lo < hi else hi
+        qps = math.sqrt(lo * hi)
         met = {}
         for name, cfg in (("start", start), ("best", best)):
             m = run_at(cfg, qps)
@@ -89,9 +95,9 @@ def confirm_against_start(
                 seen.append(m)
             rows.append({"confirm": name, "qps": qps, "met": m.met, "p95_ms": m.p_tail_ms})
         if met["start"] and met["best"]:
-            lo = qps
+            lo, hi = qps, max(hi, qps * SPREAD**2)
         elif not met["start"] and not met["best"]:
-            hi = qps
+            lo, hi = min(lo, qps / SPREAD**2), qps
         else:
             wins["start" if met["start"] else "best"] += 1
     if wins["best"] <= wins["start"]:

@@ -481,10 +481,10 @@ def test_confirmation_keeps_the_start_when_the_best_was_a_lucky_draw() -> None:
     res, rows = confirm_against_start(
         _result(best, 540.0, traj), start, _paired(truth, calls), rounds=2
     )
-    # both meet the SLA at sqrt(380 x 540) = 453: the next round moves up towards 540
-    assert calls == [(1024, 453.0), (256, 453.0), (1024, 494.6), (256, 494.6)]
+    # both meet the SLA at sqrt(380 x 540) = 453: the next round moves up (at least 10%)
+    assert calls == [(1024, 453.0), (256, 453.0), (1024, 498.3), (256, 498.3)]
     assert res.best_config == start  # two ties: the start stays
-    assert res.best.qps == pytest.approx(494.6, abs=0.1)  # its best passing run, a lower bound
+    assert res.best.qps == pytest.approx(498.3, abs=0.1)  # its best passing run, a lower bound
     assert [r["confirm"] for r in rows] == ["start", "best", "start", "best"]
     assert all(r["met"] for r in rows)
 
@@ -501,18 +501,23 @@ def test_confirmation_keeps_a_truly_better_best_and_skips_when_best_is_start() -
     # at sqrt(600 x 850) = 714 the start misses and the best meets, twice: 2-0
     assert calls == [(1024, 714.1), (256, 714.1)] * 2
     assert res.best_config == best and res.best.qps == 850.0
-    # a slow spell fails both at 714: the rate moves down to sqrt(600 x 714) = 654.6
+    # a slow spell fails both at 714: the rate moves down, at least 10%, to 649.2
     calls = []
     res, rows = confirm_against_start(
         _result(best, 850.0, traj), start, _paired(truth, calls, slow=2)
     )
-    assert calls == [(1024, 714.1), (256, 714.1), (1024, 654.6), (256, 654.6)]
+    assert calls == [(1024, 714.1), (256, 714.1), (1024, 649.2), (256, 649.2)]
     assert res.best_config == best  # 1-0, the other round a tie
     # the start never met the SLA while tuning: the rate is half the best's capacity
     calls = []
     miss = [dict(traj[0], qps=0.0, met=False)]
     confirm_against_start(_result(best, 850.0, miss), start, _paired(truth, calls), rounds=1)
     assert calls[0] == (1024, 425.0)
+    # the two read alike while tuning: the first rate is 10% below, a tie moves it 10% on
+    calls = []
+    alike = [dict(traj[0], qps=850.0)]
+    confirm_against_start(_result(best, 850.0, alike), start, _paired(truth, calls, slow=2))
+    assert calls == [(1024, 772.7), (256, 772.7), (1024, 702.5), (256, 702.5)]
     same, rows = confirm_against_start(_result(start, 600.0, []), start, _paired(truth, []))
     assert same.best_config == start and rows == []
 
