@@ -11,8 +11,8 @@ published defects fixed:
 - noise: a challenger must beat the incumbent by more than `tol` (relative, default 3%) to
   win (smaller gains are ties); a close call either way (within `remeasure_margin`, default
   10%) is re-measured before it is decided (the side with fewer samples, the incumbent
-  first, up to `max_samples` each; not between two misses once something has met the SLA),
-  and the samples of a config are averaged;
+  first, up to `max_samples` each; not an exact tie, nor two misses once something has met
+  the SLA), and the samples of a config are averaged;
 - random restarts from unmeasured feasible points spend whatever budget is left;
 - a cache: a configuration is measured once, unless re-measured on purpose (flagged so).
 
@@ -419,13 +419,18 @@ class Tuner:
         one-sided rule would guard against lucky challengers but never revisit unlucky ones.
         Not between two configurations that both missed the SLA once some configuration has
         met it: the best is met, so neither can become it by this call, and a re-measurement
-        spends a run (a full capacity search on the real engine) to order two losers.
+        spends a run (a full capacity search on the real engine) to order two losers. Nor on
+        an exact tie: a capacity search warm-started at the best rate reads exactly that rate
+        for every configuration that meets the SLA there and misses a step above, and its
+        re-measurement searches the same rates again, so what it adds is the machine's drift
+        (dien spent half its budget on such re-measurements and crowned one by it).
         """
         while True:
             a, b = self._agg(challenger), self._agg(incumbent)
             adv = advantage(a, b)
             losers = not a.met and not b.met and self._any_met()
-            if abs(adv) > self.remeasure_margin or self.runs >= self.budget or losers:
+            settled = losers or adv == 0.0
+            if abs(adv) > self.remeasure_margin or self.runs >= self.budget or settled:
                 return adv > self.tol
             side = incumbent if self._n(incumbent) <= self._n(challenger) else challenger
             if self._n(side) >= self.max_samples:

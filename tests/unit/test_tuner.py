@@ -271,6 +271,11 @@ def test_close_calls_are_remeasured_and_small_wins_are_ties() -> None:
     assert remeasure_script({1: [50], 2: [100, 100], 4: [102, 102]}) == (close, 2)
     # B=4 is 6% better and holds up: accepted, and never measured a third time
     assert remeasure_script({1: [50], 2: [100, 100], 4: [106, 106]}) == (close, 4)
+    # an exact tie (both read the same rate of a warm-started search) is not re-measured
+    assert remeasure_script({1: [50], 2: [100, 90], 4: [100, 120]}) == (
+        [(2, False), (1, False), (4, False)],
+        2,
+    )
     # a clear win (> 10%) is believed without re-measuring
     assert remeasure_script({1: [50], 2: [100], 4: [150]}) == (
         [(2, False), (1, False), (4, False)],
