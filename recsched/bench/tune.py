@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 AUTO_BUDGET = 8  # tuning on a cache miss (e.g. inside `compare`): about a minute on rmc1
 # After the climb, the tuned best and the start run side by side at one rate between their
-# capacities, this many rounds; the best must win more of them (bench.tuning.confirm_against_start).
-CONFIRM_ROUNDS = 2
+# capacities, up to this many rounds; the best must win two (bench.tuning.confirm_against_start).
+CONFIRM_ROUNDS = 3
 AUTO_DURATION_S = 2.5  # per run: shorter runs made p95 too noisy to rank configurations
 TUNED_FIELDS = (
     "request",

@@ -48,12 +48,12 @@ def confirm_against_start(
     result: TuneResult,
     start: EngineConfig,
     run_at: Callable[[EngineConfig, float], Measurement],
-    rounds: int = 2,
+    rounds: int = 3,
 ) -> tuple[TuneResult, list[dict[str, Any]]]:
     """Check the tuned best against the start point by paired runs, and keep the best only if
-    it wins more of them: on a noisy machine one lucky measurement can crown a worse
-    configuration, and a start point that is the baseline's then guards against serving below
-    it.
+    it wins a majority of `rounds` of them: on a noisy machine one lucky measurement can crown
+    a worse configuration, and a start point that is the baseline's then guards against
+    serving below it.
 
     A question of which is better, not of how much: each round runs the start, then the best,
     once each at one offered rate (`run_at(config, qps)`, a Measurement whose `met` is the
@@ -61,15 +61,17 @@ def confirm_against_start(
     (geometric mean; half the best's if the start never met the SLA, 10% below both if they
     read alike). A round is won by the configuration that meets the SLA when the other
     misses. When both meet, the next round's rate moves up (by at least 10%); when both miss,
-    down; a split keeps the rate, so that a lucky single run is checked once more. Ties keep
-    the start. Most runs at that rate pass for the better configuration and fail for the worse,
-    and failing runs stop early, so this costs about `rounds` short runs, where the capacity
-    searches it replaced cost minutes on models whose runs last seconds (din).
+    down; a split keeps the rate, so that a lucky single run is checked once more. The rounds
+    stop once the outcome is decided (the best has its majority, or can no longer get it).
+    Most runs at that rate pass for the better configuration and fail for the worse, and
+    failing runs stop early, so this costs two or three pairs of short runs, where the
+    capacity searches it replaced cost minutes on models whose runs last seconds (din).
 
     Returns the (possibly replaced) result and one row per run.
     """
     best = result.best_config
-    if best == start or rounds < 1:
+    assert rounds >= 1
+    if best == start:
         return result, []
     seen = []  # the start's own measurements during tuning
     for row in result.trajectory:
@@ -84,8 +86,10 @@ def confirm_against_start(
     elif lo >= hi:  # measured alike (the searches' rates are coarse): just below them
         lo = hi / SPREAD**2
     rows: list[dict[str, Any]] = []
-    wins = {"start": 0, "best": 0}
-    for _ in range(rounds):
+    won, wins = 0, rounds // 2 + 1  # the best's wins, and the majority it needs
+    for r in range(rounds):
+        if won >= wins or won + rounds - r < wins:
+            break  # decided
         qps = math.sqrt(lo * hi)
         met = {}
         for name, cfg in (("start", start), ("best", best)):
@@ -98,9 +102,9 @@ def confirm_against_start(
             lo, hi = qps, max(hi, qps * SPREAD**2)
         elif not met["start"] and not met["best"]:
             lo, hi = min(lo, qps / SPREAD**2), qps
-        else:
-            wins["start" if met["start"] else "best"] += 1
-    if wins["best"] <= wins["start"]:
+        elif met["best"]:
+            won += 1
+    if won < wins:
         top = max(seen, key=lambda m: m.objective, default=result.best)
         result = dataclasses.replace(result, best_config=start, best=top)
     return result, rows

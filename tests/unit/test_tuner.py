@@ -483,12 +483,10 @@ def test_confirmation_keeps_the_start_when_the_best_was_a_lucky_draw() -> None:
     truth = {1024: 700.0, 256: 500.0}  # the start is really better; 256 once measured 540
     traj = [{"config": {"batch_size": 1024, "merge_delay_ms": 0.0}, "qps": 380.0, "met": True}]
     calls: list = []
-    res, rows = confirm_against_start(
-        _result(best, 540.0, traj), start, _paired(truth, calls), rounds=2
-    )
+    res, rows = confirm_against_start(_result(best, 540.0, traj), start, _paired(truth, calls))
     # both meet the SLA at sqrt(380 x 540) = 453: the next round moves up (at least 10%)
     assert calls == [(1024, 453.0), (256, 453.0), (1024, 498.3), (256, 498.3)]
-    assert res.best_config == start  # two ties: the start stays
+    assert res.best_config == start  # two ties of three rounds: no majority left for the best
     assert res.best.qps == pytest.approx(498.3, abs=0.1)  # its best passing run, a lower bound
     assert [r["confirm"] for r in rows] == ["start", "best", "start", "best"]
     assert all(r["met"] for r in rows)
@@ -511,8 +509,8 @@ def test_confirmation_keeps_a_truly_better_best_and_skips_when_best_is_start() -
     res, rows = confirm_against_start(
         _result(best, 850.0, traj), start, _paired(truth, calls, slow=2)
     )
-    assert calls == [(1024, 714.1), (256, 714.1), (1024, 649.2), (256, 649.2)]
-    assert res.best_config == best  # 1-0, the other round a tie
+    assert calls == [(1024, 714.1), (256, 714.1)] + [(1024, 649.2), (256, 649.2)] * 2
+    assert res.best_config == best  # two wins of three rounds, the first a tie
     # the start never met the SLA while tuning: the rate is half the best's capacity
     calls = []
     miss = [dict(traj[0], qps=0.0, met=False)]
@@ -522,7 +520,16 @@ def test_confirmation_keeps_a_truly_better_best_and_skips_when_best_is_start() -
     calls = []
     alike = [dict(traj[0], qps=850.0)]
     confirm_against_start(_result(best, 850.0, alike), start, _paired(truth, calls, slow=2))
-    assert calls == [(1024, 772.7), (256, 772.7), (1024, 702.5), (256, 702.5)]
+    assert calls == [(1024, 772.7), (256, 772.7)] + [(1024, 702.5), (256, 702.5)] * 2
+    # one win is a lucky run, not a majority: after a tie and a win, a tie keeps the start
+    verdicts = iter([True, True, False, True, True, True])  # (start, best) per round
+
+    def lucky(c: EngineConfig, qps: float) -> Measurement:
+        ok = next(verdicts)
+        return Measurement(qps if ok else 0.0, 10.0 if ok else 40.0, 20.0, ok)
+
+    res, rows = confirm_against_start(_result(best, 850.0, traj), start, lucky)
+    assert len(rows) == 6 and res.best_config == start
     same, rows = confirm_against_start(_result(start, 600.0, []), start, _paired(truth, []))
     assert same.best_config == start and rows == []
 
