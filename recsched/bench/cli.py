@@ -353,10 +353,11 @@ def tune_cmd(
     for st in r["trajectory"]:
         t.add_row(
             str(st.get("step")), str(st.get("knobs", st.get("config"))), f"{st.get('qps', 0):.1f}",
-            f"{st.get('p_tail_ms', float('nan')):.2f}", str(st.get("met")), str(st.get("accepted")),
+            f"{st.get('p_tail_ms', float('nan')):.2f}", str(st.get("met")),
+            "restart" if st.get("phase") == "restart" else str(st.get("accepted")),
         )  # fmt: skip
     _emit(r, t, json_path)
-    console.print(f"best: {r['best']}")
+    console.print(f"best: {r['best']}  (stopped: {r.get('stop_reason')}, {r.get('runs')} runs)")
 
 
 def _log(msg: str) -> None:
