@@ -59,9 +59,10 @@ def confirm_against_start(
     once each at one offered rate (`run_at(config, qps)`, a Measurement whose `met` is the
     run's verdict), between the start's capacity as measured while tuning and the best's
     (geometric mean; half the best's if the start never met the SLA, 10% below both if they
-    read alike). A round is won by the configuration that meets the SLA when the other
-    misses. When both meet, the next round's rate moves up (by at least 10%); when both miss,
-    down; a split keeps the rate, so that a lucky single run is checked once more. The rounds
+    read alike; if the best never met it either, the start is kept without a run). A round
+    is won by the configuration that meets the SLA when the other misses. When both meet,
+    the next round's rate moves up (by at least 10%); when both miss, down; a split keeps
+    the rate, so that a lucky single run is checked once more. The rounds
     stop once the outcome is decided (the best has its majority, or can no longer get it).
     Most runs at that rate pass for the better configuration and fail for the worse, and
     failing runs stop early, so this costs two or three pairs of short runs, where the
@@ -79,7 +80,10 @@ def confirm_against_start(
         if knobs and all(getattr(start, k, None) == v for k, v in knobs.items()):
             tail = row.get("p_tail_ms", math.nan)
             seen.append(Measurement(row["qps"], tail, result.best.sla_ms, bool(row.get("met"))))
-    hi = result.best.qps
+    hi = result.best.objective
+    if hi <= 0:  # nothing met the SLA: no rate to compare them at; the baseline's point stays
+        top = max(seen, key=lambda m: m.objective, default=result.best)
+        return dataclasses.replace(result, best_config=start, best=top), []
     lo = combine(seen).objective if seen else 0.0  # as the tuner averaged it
     if lo <= 0:
         lo = hi / 4  # never met: the first rate is half the best's

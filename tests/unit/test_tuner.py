@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -532,6 +533,12 @@ def test_confirmation_keeps_a_truly_better_best_and_skips_when_best_is_start() -
     assert len(rows) == 6 and res.best_config == start
     same, rows = confirm_against_start(_result(start, 600.0, []), start, _paired(truth, []))
     assert same.best_config == start and rows == []
+    # nothing met the SLA (the tuner's best is only the closest): the start, and no run
+    unmet = _result(best, 0.0, miss)
+    unmet = dataclasses.replace(unmet, best=Measurement(0.0, 30.0, 20.0, False))
+    calls = []
+    res, rows = confirm_against_start(unmet, start, _paired(truth, calls))
+    assert res.best_config == start and rows == [] and calls == []
 
 
 class _FakeSetup:
