@@ -83,7 +83,7 @@ def measure(model: str, qps: float, args: argparse.Namespace) -> dict:
         "p95_ms": {c: v["latency_ms"]["p95"] for c, v in r.get("classes", {}).items()},
     }
     if prof_obj is not None:
-        st = pstats.Stats(prof_obj).sort_stats("tottime")
+        st = pstats.Stats(prof_obj).sort_stats(args.sort)
         st.print_stats(args.cprofile)
     return out
 
@@ -98,7 +98,8 @@ def main() -> None:
     ap.add_argument("--granularity", default="model")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--cprofile", type=int, default=0, help="print the top N by own time")
+    ap.add_argument("--cprofile", type=int, default=0, help="print the top N functions")
+    ap.add_argument("--sort", default="tottime", help="--cprofile order: tottime, cumulative")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     rows = []
