@@ -162,6 +162,29 @@ def class_spec(classes: tuple[PriorityClass, ...]) -> str:
     return ",".join(out)
 
 
+def free_port() -> int:
+    """A loopback port no one holds now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], port: int, what: str = "the server") -> tuple[subprocess.Popen, str]:
+    """Start a server subprocess listening on 127.0.0.1:`port`; return once it is ready."""
+    proc = subprocess.Popen(args)
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            if proc.poll() is not None or time.monotonic() - t0 > 300:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.2)
+
+
 def start_server(
     a: argparse.Namespace,
     cfg: EngineConfig,
@@ -169,9 +192,7 @@ def start_server(
     sla_ms: float | None,
     null_engine: bool = False,
 ) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     args = [
         sys.executable, __file__, "--serve", str(port), "--serve-config",
         json.dumps(cfg.to_dict()), "--model", a.model, "--scale", a.scale, "--seed",
@@ -188,18 +209,7 @@ def start_server(
         args += ["--sla-ms", str(sla_ms)]
     if null_engine:
         args += ["--null-engine"]
-    proc = subprocess.Popen(args)
-    url = f"http://127.0.0.1:{port}"
-    t0 = time.monotonic()
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            if proc.poll() is not None or time.monotonic() - t0 > 300:
-                raise RuntimeError("the server did not start") from None
-            time.sleep(0.2)
+    return launch(args, port)
 
 
 def stop_server(proc: subprocess.Popen) -> None:

@@ -25,18 +25,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import subprocess
 import sys
-import threading
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import http_vs_inprocess as hv
 
-from recsched.bench.capacity import Turns, find_capacity
+from recsched.bench.capacity import find_capacity, in_turns
 from recsched.bench.setup import Setup
 
 
@@ -105,54 +101,29 @@ def plain_main(port: int, model: str, scale: str, seed: int, compiled: bool) -> 
 
 
 def start_plain(a: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = hv.free_port()
     args = [sys.executable, __file__, "--serve-plain", str(port), "--model", a.model,
             "--scale", a.scale, "--seed", str(a.seed)]  # fmt: skip
     if a.plain_compiled:
         args.append("--plain-compiled")
-    proc = subprocess.Popen(args)
-    url = f"http://127.0.0.1:{port}"
-    t0 = time.monotonic()
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            if proc.poll() is not None or time.monotonic() - t0 > 300:
-                raise RuntimeError("the plain server did not start") from None
-            time.sleep(0.2)
+    return hv.launch(args, port, "the plain server")
 
 
 # -- the comparison ----------------------------------------------------------------------------
 def capacities(a, setup, runs: dict) -> dict[str, dict]:
-    """Both searches, interleaved run by run (each in its own thread, one run at a time)."""
-    turns = Turns(list(runs))
-    out: dict[str, dict] = {}
-    errors: list[BaseException] = []
+    """Both searches, interleaved run by run (`in_turns`: one run at a time)."""
 
-    def search(name: str) -> None:
-        try:
+    def search(name: str):
+        def go(wrap) -> dict:
             s = find_capacity(
-                turns.wrap(name, runs[name]), start_qps=a.start_qps, max_runs=a.max_runs,
+                wrap(runs[name]), start_qps=a.start_qps, max_runs=a.max_runs,
                 on_run=lambda r: hv.show(f"{name:>8}", r, setup.percentile),
             )  # fmt: skip
-            out[name] = {"latency_bounded_qps": s.qps, "runs": s.runs}
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            turns.done(name)
+            return {"latency_bounded_qps": s.qps, "runs": s.runs}
 
-    threads = [threading.Thread(target=search, args=(n,), daemon=True) for n in runs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return out
+        return go
+
+    return in_turns({n: search(n) for n in runs})
 
 
 def main() -> None:

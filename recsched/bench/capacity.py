@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 RunFn = Callable[[float], dict]
+T = TypeVar("T")
 
 
 @dataclass
@@ -153,6 +155,36 @@ class Turns:
     def _advance(self, name: str) -> None:
         i = self.order.index(name)
         self.current = self.order[(i + 1) % len(self.order)]
+
+
+def in_turns(searches: Mapping[str, Callable[[RunFn], T]]) -> dict[str, T]:
+    """Run each named search in its own thread, their runs taking turns (`Turns`): a search
+    is called with its run function's wrapper and passes every run function through it.
+    Returns the results by name, in the given order; the first error is re-raised once every
+    search has ended (threads are daemons: Ctrl-C in the main thread ends the command)."""
+    names = list(searches)
+    turns = Turns(names)
+    results: dict[str, T] = {}
+    errors: dict[str, BaseException] = {}
+
+    def search(name: str) -> None:
+        try:
+            results[name] = searches[name](lambda run: turns.wrap(name, run))
+        except BaseException as exc:  # re-raised below, after the others finish
+            errors[name] = exc
+        finally:
+            turns.done(name)
+
+    threads = [
+        threading.Thread(target=search, args=(n,), name=f"capacity-{n}", daemon=True) for n in names
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise next(iter(errors.values()))
+    return {n: results[n] for n in names}
 
 
 def capacity_result(

@@ -10,13 +10,12 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from recsched.bench import calibrate
-from recsched.bench.capacity import Turns, capacity_result, find_capacity
+from recsched.bench.capacity import RunFn, capacity_result, find_capacity, in_turns
 from recsched.bench.run import InputPool, LoadSpec, bench_once
 from recsched.config import EngineConfig, preset
 from recsched.metrics.trace import TraceRecorder
@@ -223,7 +222,7 @@ class Setup:
         interleave: bool = True,
     ) -> dict[str, dict]:
         """`capacity` of several presets. With `interleave` (real engine, two or more), their
-        searches take turns run by run (`capacity.Turns`; one run at a time, each search in
+        searches take turns run by run (`capacity.in_turns`; one run at a time, each search in
         its own thread), so the machine's slow spells land on every preset alike; their
         configurations (tuning included), start rates and the peak are settled first, in
         order (a peak measured while another preset's runs go on would read low)."""
@@ -231,32 +230,12 @@ class Setup:
             return {n: self.capacity(n, duration_s, log, confirm=confirm) for n in names}
         prepared = {n: self._prepare(n, duration_s, log) for n in names}
         peak = calibrate.peak(self.adapter)["peak_items_per_s"]
-        turns = Turns(list(names))
-        results: dict[str, dict] = {}
-        errors: dict[str, BaseException] = {}
 
-        def search(name: str) -> None:
+        def search(name: str) -> Callable[[Callable[[RunFn], RunFn]], dict]:
             run, start = prepared[name]
-            try:
-                results[name] = self._search(
-                    name, turns.wrap(name, run), start, log, confirm, peak=peak
-                )
-            except BaseException as exc:  # re-raised below, after the others finish
-                errors[name] = exc
-            finally:
-                turns.done(name)
+            return lambda wrap: self._search(name, wrap(run), start, log, confirm, peak=peak)
 
-        threads = [  # daemon: Ctrl-C in the main thread ends the command
-            threading.Thread(target=search, args=(n,), name=f"capacity-{n}", daemon=True)
-            for n in names
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise next(iter(errors.values()))
-        return {n: results[n] for n in names}
+        return in_turns({n: search(n) for n in names})
 
     def _prepare(
         self, name: str, duration_s: float, log: Log | None, **overrides: Any
