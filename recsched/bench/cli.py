@@ -351,8 +351,10 @@ def tune_cmd(
     for col in ("step", "config", "qps", f"p{percentile:g} ms", "met", "accepted"):
         t.add_column(col, justify="right" if col != "config" else "left")
     for st in r["trajectory"]:
+        screened = st.get("screened_qps")  # one run just above the best rate, missed there
+        qps = f"< {screened:.1f}" if screened else f"{st.get('qps', 0):.1f}"
         t.add_row(
-            str(st.get("step")), str(st.get("knobs", st.get("config"))), f"{st.get('qps', 0):.1f}",
+            str(st.get("step")), str(st.get("knobs", st.get("config"))), qps,
             f"{st.get('p_tail_ms', float('nan')):.2f}", str(st.get("met")),
             "restart" if st.get("phase") == "restart" else str(st.get("accepted")),
         )  # fmt: skip

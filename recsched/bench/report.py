@@ -224,8 +224,12 @@ def plot_capacity_bars(compare: Mapping[str, Any], path: Path, title: str) -> st
 def plot_tune(tune: Mapping[str, Any], path: Path, title: str) -> str:
     """The tuner's trajectory: the measured rate per step, met (green) or missed (red),
     accepted steps ringed (a restart's point in grey: the climb moves there whatever it
-    measured), and the best rate met so far."""
+    measured), screened-out first looks as a red triangle at the rate they missed, and the
+    best rate met so far."""
     rows = tune.get("trajectory") or []
+    screened = [(int(r.get("step", i + 1)), _num(r["screened_qps"]))
+                for i, r in enumerate(rows) if r.get("screened_qps")]  # fmt: skip
+    rows = [r for r in rows if not r.get("screened_qps")]
     step = [int(r.get("step", i + 1)) for i, r in enumerate(rows)]
     qps = [_num(r.get("qps")) for r in rows]
     met = [bool(r.get("met")) for r in rows]
@@ -239,6 +243,9 @@ def plot_tune(tune: Mapping[str, Any], path: Path, title: str) -> str:
     ax.step(step, best, where="post", color="black", lw=1.5, label="best met so far")
     ax.scatter(step, qps, c=["#2ca02c" if m else "#d62728" for m in met], s=28, zorder=3,
                label="measured (green met, red missed)")  # fmt: skip
+    if screened:
+        ax.scatter(*zip(*screened, strict=True), marker="v", c="#d62728", s=36, zorder=3,
+                   label="screened out: missed just above the best")  # fmt: skip
     for restart, edge, label in ((False, "black", "accepted"), (True, "grey", "restart")):
         acc = [
             (s, q)

@@ -184,6 +184,9 @@ class Measurement:
 
     qps: the throughput measured (counts only if `met`). p_tail_ms: the tail percentile at that
     throughput. ci_ms: a confidence interval of p_tail_ms when the measurer has one.
+    screened_qps: set when the measurer only checked whether the configuration beats the best
+    so far, by one run just above the best's rate, and it missed there (unmet: it may meet the
+    SLA at lower rates, but it cannot win).
     """
 
     qps: float
@@ -192,9 +195,11 @@ class Measurement:
     met: bool
     queries: int = 0
     ci_ms: tuple[float, float] | None = None
+    screened_qps: float | None = None
 
     def __post_init__(self) -> None:
         assert self.qps >= 0 and self.sla_ms > 0 and self.queries >= 0
+        assert self.screened_qps is None or not self.met, "a screened-out measurement missed"
 
     @property
     def objective(self) -> float:
@@ -350,6 +355,7 @@ class Tuner:
                 "met": result.met,
                 "queries": result.queries,
                 "ci_ms": list(result.ci_ms) if result.ci_ms else None,
+                "screened_qps": result.screened_qps,
                 "accepted": False,
             }
         )
@@ -380,7 +386,8 @@ class Tuner:
 
     def trajectory(self) -> list[dict[str, Any]]:
         """One dict per run: step, phase, remeasure, config knobs, qps, p_tail_ms, met,
-        queries, ci_ms, accepted (the run's config became the climb's incumbent)."""
+        queries, ci_ms, screened_qps, accepted (the run's config became the climb's
+        incumbent)."""
         return [dict(t, config=dict(t["config"])) for t in self._st.trajectory]
 
     # -- search ---------------------------------------------------------------------------

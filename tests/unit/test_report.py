@@ -131,3 +131,20 @@ def test_load_curves_mark_runs_stopped_once_decided(tmp_path):
     marked = tmp_path / plot_load_curves(curves, tmp_path / "marked.png", "t")
     assert marked.read_bytes()[:8] == PNG_MAGIC
     assert marked.read_bytes() != plain.read_bytes()
+
+
+def test_tune_plot_draws_screened_first_looks_apart(tmp_path):
+    """A screened-out first look (one run just above the best rate, missed) has no measured
+    rate of its own: the trajectory plot draws it at the rate it missed, not at zero."""
+    from recsched.bench.report import plot_tune
+
+    rows = [
+        {"step": 1, "qps": 40.0, "met": True, "accepted": True, "phase": "start"},
+        {"step": 2, "qps": 60.0, "met": True, "accepted": True, "phase": "batch_size"},
+        {"step": 3, "qps": 0.0, "met": False, "accepted": False, "phase": "batch_size"},
+    ]
+    plain = tmp_path / plot_tune({"trajectory": rows}, tmp_path / "plain.png", "t")
+    rows[2]["screened_qps"] = 66.0
+    screened = tmp_path / plot_tune({"trajectory": rows}, tmp_path / "screened.png", "t")
+    assert screened.read_bytes()[:8] == PNG_MAGIC
+    assert screened.read_bytes() != plain.read_bytes()

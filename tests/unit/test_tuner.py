@@ -597,6 +597,47 @@ def test_tune_early_stop_spends_fewer_runs_and_finds_the_same_best(monkeypatch, 
     assert doc["trajectory"] and all("qps" in row for row in doc["trajectory"])
 
 
+def test_tune_screens_a_first_look_by_one_run_above_the_best(monkeypatch, tmp_path) -> None:
+    """Once the SLA is met, a new configuration's first look is one run at SCREEN x the best
+    rate: a configuration that ties the best (or is worse) costs that one run and is marked
+    screened, where it used to cost a passing run at the best rate plus the failing ones
+    above it; a better one passes the screen and is searched on upwards, and wins."""
+    from recsched.bench.tune import SCREEN, tune
+
+    class Ties(_FakeSetup):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[tuple[int, float]] = []
+
+        @staticmethod
+        def capacity(cfg: EngineConfig) -> float:  # B=256 1.5x the start, B=64 ties B=256
+            return {256: 450.0, 64: 450.0}.get(cfg.batch_size, 300.0)
+
+        def run_fn(self, cfg: EngineConfig, name: str, duration: float, stop_on_miss=False):
+            run = super().run_fn(cfg, name, duration, stop_on_miss)
+
+            def logged(qps: float) -> dict:
+                self.calls.append((cfg.batch_size, qps))
+                return run(qps)
+
+            return logged
+
+    monkeypatch.setenv("RECSCHED_CACHE", str(tmp_path))
+    fake = Ties()
+    doc = tune(fake, budget=3, duration=0.1)  # type: ignore[arg-type]
+    traj = doc["trajectory"]
+    assert [r["config"]["batch_size"] for r in traj] == [1024, 256, 64]
+    start_best = traj[0]["qps"]
+    assert 270.0 < start_best <= 300.0  # the start's own (wide) search
+    # B=256 passed the screen, then searched upwards: it reads more than the screen's rate
+    assert traj[1]["met"] and traj[1]["qps"] > SCREEN * start_best
+    assert traj[1]["screened_qps"] is None and traj[1]["accepted"]
+    # B=64 ties B=256: one run, at SCREEN x the best rate (B=256's), missed there
+    assert [q for b, q in fake.calls if b == 64] == [pytest.approx(SCREEN * traj[1]["qps"])]
+    assert not traj[2]["met"] and traj[2]["screened_qps"] == pytest.approx(SCREEN * traj[1]["qps"])
+    assert doc["best"]["batch_size"] == 256
+
+
 def test_the_real_tuner_starts_as_the_baseline_and_may_choose_not_to_merge(
     monkeypatch, tmp_path
 ) -> None:
