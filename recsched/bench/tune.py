@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from recsched.bench import calibrate
@@ -38,6 +40,11 @@ SEARCH_TOL = 0.1
 # factor above the best rate: a miss there screens it out (it cannot beat the best by more
 # than the search resolves), a pass searches on upwards.
 SCREEN = 1 + SEARCH_TOL
+# The tuner re-measures a close call (challenger and incumbent within this relative margin).
+# A challenger that passed the screen beat the best by SCREEN - 1 in its run, outside it: a
+# close call is then only between full searches (before any configuration met the SLA).
+REMEASURE_MARGIN = 0.05
+assert SCREEN - 1 > REMEASURE_MARGIN, "a passed screen is not a close call"
 AUTO_DURATION_S = 2.5  # per run: shorter runs made p95 too noisy to rank configurations
 TUNED_FIELDS = (
     "request",
@@ -123,8 +130,21 @@ def tune(
     found = [False]
     measured: set[str] = set()  # configurations by their JSON (EngineConfig holds a dict)
 
+    run_log: list[list[dict[str, Any]]] = []  # per measurement: its runs (rate, verdict, s)
+
+    def timed(run: Callable[[float], dict], into: list[dict[str, Any]]) -> Callable:
+        def go(qps: float) -> dict:
+            t0 = time.perf_counter()
+            r = run(qps)
+            s = round(time.perf_counter() - t0, 2)
+            into.append({"qps": round(qps, 2), "met": passes(r), "s": s, "stopped": "stopped" in r})
+            return r
+
+        return go
+
     def measure(cfg: EngineConfig) -> Measurement:
-        run = setup.run_fn(cfg, "tuning", duration, stop_on_miss=True)
+        run_log.append([])
+        run = timed(setup.run_fn(cfg, "tuning", duration, stop_on_miss=True), run_log[-1])
         runs = runs_per_config if found[0] else 2 * runs_per_config  # the first search is wider
         # a new configuration's first search ends at its first failure at the best rate so
         # far; re-measurements (the tuner's noise checks) search in full, so a fair
@@ -153,27 +173,38 @@ def tune(
             else:
                 ok = "[green]met[/green]" if row["met"] else "[red]missed[/red]"
                 got = f"{row['qps']:.1f} qps  {ok}"
-            log(f"  tune step {row['step']}: {knobs}  {got}")
+            runs = run_log[row["step"] - 1]
+            spent = f"[dim]({len(runs)} runs, {sum(r['s'] for r in runs):.1f} s)[/dim]"
+            log(f"  tune step {row['step']}: {knobs}  {got}  {spent}")
+
+    confirm_runs: list[dict[str, Any]] = []
 
     def run_at(cfg: EngineConfig, qps: float) -> Measurement:
-        r = setup.run_fn(cfg, "tuning", duration, stop_on_miss=True)(qps)
+        r = timed(setup.run_fn(cfg, "tuning", duration, stop_on_miss=True), confirm_runs)(qps)
         ok = passes(r)
         return measurement_from_capacity(qps if ok else 0.0, r if ok else None, [r], setup.sla_ms)
 
-    result = run_tuning(measure, tuning_space(lanes), start, budget, setup.seed, progress)
+    result = run_tuning(
+        measure, tuning_space(lanes), start, budget, setup.seed, progress,
+        remeasure_margin=REMEASURE_MARGIN,
+    )  # fmt: skip
     result, confirm = confirm_against_start(result, start, run_at, CONFIRM_ROUNDS)
+    for row, run in zip(confirm, confirm_runs, strict=True):
+        row["s"] = run["s"]
     if log is not None and confirm:
         kept = "the tuned best" if result.best_config != start else "the start point"
         rate = ", ".join(f"{r['confirm']} {r['qps']:.1f} qps {'met' if r['met'] else 'missed'}"
                          for r in confirm)  # fmt: skip
-        log(f"  confirmation, paired runs ({rate}): kept {kept}")
+        spent = sum(r["s"] for r in confirm)
+        log(f"  confirmation, paired runs ({rate}; {spent:.1f} s): kept {kept}")
     TuneCache(calibrate.cache_dir() / "tuned").put(
         setup.adapter.name, setup.scale, setup.sla_ms, cache_key_sizes(setup, start), result
     )
     doc = tune_result_json(result, setup.adapter.name)
     doc["confirm"] = confirm
-    for row in doc["trajectory"]:
+    for row, runs in zip(doc["trajectory"], run_log, strict=True):
         row["knobs"] = {k: row["config"][k] for k in TUNED_FIELDS if k in row["config"]}
+        row["runs"] = runs
     return doc
 
 
