@@ -52,9 +52,10 @@ def find_capacity(
     on_run: Callable[[dict], None] | None = None,
     step: float = 2.0,
     confirm: int = 0,
+    step_down: float | None = None,
 ) -> CapacitySearch:
-    """Bracket (multiply or divide by `step`) then bisect the offered rate. Stops after
-    `max_runs` runs at the latest.
+    """Bracket (multiply by `step` after a pass, divide by `step_down`, default `step`, after
+    a failure) then bisect the offered rate. Stops after `max_runs` runs at the latest.
 
     With `confirm=k > 0` a verdict that moves the bracket is re-measured at the same rate
     up to k more times and the majority of the 1 + k runs decides, stopping as soon as it is
@@ -65,7 +66,9 @@ def find_capacity(
 
     Returns rate 0 with no best run when even `min_qps` fails.
     """
-    assert start_qps > 0 and rel_tol > 0 and max_runs >= 1 and step > 1 and confirm >= 0
+    down = step if step_down is None else step_down
+    assert start_qps > 0 and rel_tol > 0 and max_runs >= 1 and step > 1 and down > 1
+    assert confirm >= 0
     out = CapacitySearch(0.0, None)
 
     def measure(q: float) -> dict:
@@ -102,7 +105,7 @@ def find_capacity(
             hi = q
             if q <= min_qps:
                 return out
-            q = max(q / step, min_qps)
+            q = max(q / down, min_qps)
         if lo > 0 and hi < math.inf:
             break
     while len(out.runs) < max_runs and hi / lo > 1 + rel_tol:  # bisect

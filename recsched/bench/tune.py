@@ -40,6 +40,10 @@ SEARCH_TOL = 0.1
 # factor above the best rate: a miss there screens it out (it cannot beat the best by more
 # than the search resolves), a pass searches on upwards.
 SCREEN = 1 + SEARCH_TOL
+# The capacity searches step up by 2 after a pass (the run above fails, and a failing run
+# stops early) but down by only this after a failure: the run below passes, and a passing run
+# lasts its full length, 300 queries (8 s for din's start at 25 qps, far below its ~40).
+STEP_DOWN = 2**0.5
 # The tuner re-measures a close call (challenger and incumbent within this relative margin).
 # A challenger that passed the screen beat the best by SCREEN - 1 in its run, outside it: a
 # close call is then only between full searches (before any configuration met the SLA).
@@ -155,7 +159,10 @@ def tune(
         screen = found[0] and early_stop and first
         q0 = best_qps[0] * SCREEN if screen else best_qps[0]
         floor = q0 if screen else 0.1
-        s = find_capacity(run, start_qps=q0, rel_tol=SEARCH_TOL, max_runs=runs, min_qps=floor)
+        s = find_capacity(
+            run, start_qps=q0, rel_tol=SEARCH_TOL, max_runs=runs, min_qps=floor,
+            step_down=STEP_DOWN,
+        )  # fmt: skip
         m = measurement_from_capacity(s.qps, s.best, s.runs, setup.sla_ms)
         if screen and not m.met:
             m = dataclasses.replace(m, screened_qps=q0)

@@ -27,6 +27,24 @@ def test_finds_capacity_within_tolerance(cap, start):
     assert len(s.runs) == len(calls)
 
 
+def test_a_shorter_step_down_lands_closer_below_a_failure():
+    """After a failure the next rate is `step_down` below (default `step`): a start 1.3x over
+    the capacity (din's start while tuning) then needs one passing run fewer, and passing runs
+    are the ones that last their full length."""
+    run, calls = surface(38.7)
+    halved = find_capacity(run, start_qps=50.2, rel_tol=0.1)
+    assert calls[:2] == [50.2, 25.1]
+    run, calls = surface(38.7)
+    s = find_capacity(run, start_qps=50.2, rel_tol=0.1, step_down=2**0.5)
+    assert calls[1] == pytest.approx(50.2 / 2**0.5)
+    assert 38.7 / 1.1 <= s.qps <= 38.7 and s.qps == pytest.approx(halved.qps, rel=0.1)
+    passing = [q for q in calls if q <= 38.7]
+    assert len(passing) < sum(r["sla_met"] for r in halved.runs)
+    run, calls = surface(100.0)  # and up by `step` after a pass, as before
+    find_capacity(run, start_qps=30.0, rel_tol=0.1, step_down=2**0.5)
+    assert calls[:3] == [30.0, 60.0, 120.0]
+
+
 def test_budget_is_respected_and_zero_when_nothing_passes():
     run, calls = surface(0.0)
     s = find_capacity(run, start_qps=10.0, max_runs=5, min_qps=1.0)

@@ -636,6 +636,11 @@ def test_tune_screens_a_first_look_by_one_run_above_the_best(monkeypatch, tmp_pa
     assert [q for b, q in fake.calls if b == 64] == [pytest.approx(SCREEN * traj[1]["qps"])]
     assert not traj[2]["met"] and traj[2]["screened_qps"] == pytest.approx(SCREEN * traj[1]["qps"])
     assert doc["best"]["batch_size"] == 256
+    # each step keeps its runs (rate, verdict, seconds): the screened one made exactly one
+    made = len(fake.calls) - len(doc["confirm"])  # the confirmation's runs are its own
+    assert sum(len(r["runs"]) for r in traj) == made and len(traj[2]["runs"]) == 1
+    assert traj[2]["runs"][0]["qps"] == pytest.approx(SCREEN * traj[1]["qps"], abs=0.01)
+    assert traj[2]["runs"][0]["met"] is False and traj[2]["runs"][0]["s"] >= 0
 
 
 def test_the_real_tuner_starts_as_the_baseline_and_may_choose_not_to_merge(
