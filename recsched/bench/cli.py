@@ -348,14 +348,18 @@ def tune_cmd(
     s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile, sim)
     r = s.tune(budget=budget, duration=duration, refresh=refresh, log=_log)
     t = Table(title=f"{model} tuning trajectory (SLA {s.sla_ms:.2f} ms p{percentile:g})")
-    for col in ("step", "config", "qps", f"p{percentile:g} ms", "met", "accepted"):
+    cols = ("step", "config", "qps", f"p{percentile:g} ms", "95% CI", "met", "accepted")
+    for col in cols:
         t.add_column(col, justify="right" if col != "config" else "left")
     for st in r["trajectory"]:
         screened = st.get("screened_qps")  # one run just above the best rate, missed there
         qps = f"< {screened:.1f}" if screened else f"{st.get('qps', 0):.1f}"
+        ci = st.get("ci_ms")  # of the passing run's percentile; None: unmet, or no bound
+        ends = ["-" if v is None else f"{v:.1f}" for v in ci] if ci else None
         t.add_row(
             str(st.get("step")), str(st.get("knobs", st.get("config"))), qps,
-            f"{st.get('p_tail_ms', float('nan')):.2f}", str(st.get("met")),
+            f"{st.get('p_tail_ms', float('nan')):.2f}", "..".join(ends) if ends else "",
+            str(st.get("met")),
             "restart" if st.get("phase") == "restart" else str(st.get("accepted")),
         )  # fmt: skip
     _emit(r, t, json_path)

@@ -134,6 +134,7 @@ def tune(
     found = [False]
     measured: set[str] = set()  # configurations by their JSON (EngineConfig holds a dict)
 
+    tail = f"p{setup.percentile:g}"  # the verdict's percentile, and its confidence interval
     run_log: list[list[dict[str, Any]]] = []  # per measurement: its runs (rate, verdict, s)
 
     def timed(run: Callable[[float], dict], into: list[dict[str, Any]]) -> Callable:
@@ -163,7 +164,7 @@ def tune(
             run, start_qps=q0, rel_tol=SEARCH_TOL, max_runs=runs, min_qps=floor,
             step_down=STEP_DOWN,
         )  # fmt: skip
-        m = measurement_from_capacity(s.qps, s.best, s.runs, setup.sla_ms)
+        m = measurement_from_capacity(s.qps, s.best, s.runs, setup.sla_ms, tail)
         if screen and not m.met:
             m = dataclasses.replace(m, screened_qps=q0)
         if m.met and (m.qps > best_qps[0] or not found[0]):
@@ -189,7 +190,8 @@ def tune(
     def run_at(cfg: EngineConfig, qps: float) -> Measurement:
         r = timed(setup.run_fn(cfg, "tuning", duration, stop_on_miss=True), confirm_runs)(qps)
         ok = passes(r)
-        return measurement_from_capacity(qps if ok else 0.0, r if ok else None, [r], setup.sla_ms)
+        best = r if ok else None
+        return measurement_from_capacity(qps if ok else 0.0, best, [r], setup.sla_ms, tail)
 
     result = run_tuning(
         measure, tuning_space(lanes), start, budget, setup.seed, progress,

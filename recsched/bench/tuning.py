@@ -129,7 +129,9 @@ def measurement_from_capacity(
     """
     if best_run is not None and qps > 0:
         lat = best_run["latency_ms"]
-        ci = lat.get(f"{tail_key}_ci")
+        ci = lat.get(f"{tail_key}_ci")  # an end the run could not bound is None
+        if ci:
+            ci = (-math.inf if ci[0] is None else ci[0], math.inf if ci[1] is None else ci[1])
         return Measurement(
             qps=float(qps),
             p_tail_ms=float(lat[tail_key]),
@@ -185,6 +187,11 @@ def run_tuning(
     )
 
 
+def _ci_json(ci: Sequence[float] | None) -> list[float | None] | None:
+    """A confidence interval for JSON: an unbounded end (+-inf) as None."""
+    return None if not ci else [v if math.isfinite(v) else None for v in ci]
+
+
 def tune_result_json(result: TuneResult, model: str | None = None) -> dict[str, Any]:
     """The `recsched tune --json` document: model, sla_ms, best (config + qps, p95_ms),
     trajectory, budget, runs (and wall_s, stop_reason, restarts)."""
@@ -193,13 +200,14 @@ def tune_result_json(result: TuneResult, model: str | None = None) -> dict[str, 
         "qps": result.best.qps,
         "p95_ms": result.best.p_tail_ms,
         "met": result.best.met,
-        "ci_ms": list(result.best.ci_ms) if result.best.ci_ms else None,
+        "ci_ms": _ci_json(result.best.ci_ms),
     }
+    trajectory = [dict(row, ci_ms=_ci_json(row.get("ci_ms"))) for row in result.trajectory]
     return {
         "model": model,
         "sla_ms": result.best.sla_ms,
         "best": best,
-        "trajectory": result.trajectory,
+        "trajectory": trajectory,
         "budget": result.budget,
         "runs": result.runs,
         "wall_s": result.wall_s,

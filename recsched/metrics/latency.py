@@ -11,6 +11,7 @@ import math
 import threading
 from array import array
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
@@ -224,6 +225,7 @@ class LatencyLog:
             within += int(np.sum(ok & (lat * 1000.0 <= sla))) if sla is not None else int(ok.sum())
             s = summarize_ms(lat[ok])
             del s["count"]
+            s.update(_with_ci(lat[ok], pct))
             per_class[name] = {
                 "queries": len(lat),
                 "errors": int((~ok).sum()),
@@ -233,8 +235,10 @@ class LatencyLog:
                 "latency_ms": s,
                 "sla_met": met,
             }
-        overall = summarize_ms(self.latencies())
+        done = self.latencies()
+        overall = summarize_ms(done)
         del overall["count"]
+        overall.update(_with_ci(done, percentile))
         return {
             "queries": len(self),
             "errors": sum(v["errors"] for v in per_class.values()),
@@ -245,6 +249,17 @@ class LatencyLog:
             "within_sla": within,
             "classes": per_class,
         }
+
+
+def _with_ci(latencies_s: np.ndarray, p: float) -> dict[str, Any]:
+    """`{"p<p>": ms, "p<p>_ci": [lo, hi]}`: the verdict percentile (also when it is not one of
+    the summary's) and its 95% confidence interval, an end the samples cannot bound as None
+    (JSON has no infinity)."""
+    key = f"p{p:g}"
+    if not len(latencies_s):
+        return {key: math.nan, f"{key}_ci": [None, None]}
+    ci = [v if math.isfinite(v) else None for v in percentile_confidence(latencies_s, p)]
+    return {key: percentile_ms(latencies_s, p), f"{key}_ci": ci}
 
 
 def class_sla(

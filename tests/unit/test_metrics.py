@@ -342,3 +342,21 @@ def test_sla_watch_decides_a_miss_at_the_first_certain_query() -> None:
     for _ in range(94):
         log.append("low", 0.0, 0.001, 1)
     assert log.summary((PriorityClass("low", 1.0),), 50.0, 95.0)["sla_met"] is False
+
+
+def test_summary_reports_the_verdict_percentile_with_its_confidence_interval():
+    """Each bench result carries the verdict's percentile (also one the summary does not list)
+    and a distribution-free 95% interval around it; an end too few samples cannot bound is
+    None, so the JSON stays JSON."""
+    log = LatencyLog()
+    rng = np.random.default_rng(0)
+    for i, lat in enumerate(rng.exponential(0.01, 400)):
+        log.add(QueryResult(i, "default", 1, 0.0, float(lat)))
+    s = log.summary((DEFAULT_CLASS,), sla_ms=50.0, percentile=90.0)
+    lo, hi = s["latency_ms"]["p90_ci"]
+    assert lo < s["latency_ms"]["p90"] < hi and s["latency_ms"]["p95"] > s["latency_ms"]["p90"]
+    assert s["classes"]["default"]["latency_ms"]["p90_ci"] == [lo, hi]
+    few = LatencyLog()
+    for i in range(20):
+        few.add(QueryResult(i, "default", 1, 0.0, 0.001 * (i + 1)))
+    assert few.summary((DEFAULT_CLASS,), 50.0, 99.0)["latency_ms"]["p99_ci"][1] is None

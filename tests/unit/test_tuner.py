@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from recsched.bench.tuning import (
     TuneCache,
+    TuneResult,
     measurement_from_capacity,
     round_sla,
     run_tuning,
@@ -373,6 +374,12 @@ def test_measurement_from_capacity_runs() -> None:
     assert not none.met and none.p_tail_ms == 14.0 and none.queries == 1500
     assert measurement_from_capacity(0.0, None, [], 10.0).p_tail_ms == math.inf
     assert advantage(none, measurement_from_capacity(0.0, None, [], 10.0)) == math.inf
+    # a run too short to bound the percentile from above reports None; JSON keeps it None
+    short = {"latency_ms": {"p99": 9.0, "p99_ci": [8.0, None]}, "queries": 50, "sla_met": True}
+    m = measurement_from_capacity(50.0, short, [short], 10.0, tail_key="p99")
+    assert m.p_tail_ms == 9.0 and m.ci_ms == (8.0, math.inf)
+    res = TuneResult(EngineConfig(), m, [], 1, 1, 0.0)
+    assert tune_result_json(res)["best"]["ci_ms"] == [8.0, None]
 
 
 def test_tune_regimes_fills_a_table() -> None:
@@ -545,6 +552,7 @@ class _FakeSetup:
     """What `recsched.bench.tune.tune` reads of a `Setup`, over a synthetic capacity surface:
     a run at `qps` meets the SLA when `qps` is within the configuration's capacity."""
 
+    percentile = 95.0
     sla_ms, sizes, arrivals, classes, sim, scale, seed = (
         20.0,
         "fixed:8",
