@@ -651,6 +651,48 @@ def test_tune_screens_a_first_look_by_one_run_above_the_best(monkeypatch, tmp_pa
     assert traj[2]["runs"][0]["met"] is False and traj[2]["runs"][0]["s"] >= 0
 
 
+def test_tune_a_lone_pass_at_the_screen_must_pass_twice(monkeypatch, tmp_path) -> None:
+    """A configuration whose only passing run is the screen's runs once more at that rate: a
+    lucky pass (B=256, no better than the start) then misses and is screened out, where it
+    would have raised the best rate by 10% for nothing; one that really is 10% better (B=512)
+    passes again and wins."""
+    from recsched.bench.tune import SCREEN, tune
+
+    class LuckyOnce(_FakeSetup):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[tuple[int, float]] = []
+
+        @staticmethod
+        def capacity(cfg: EngineConfig) -> float:
+            return {512: 340.0}.get(cfg.batch_size, 300.0)
+
+        def run_fn(self, cfg: EngineConfig, name: str, duration: float, stop_on_miss=False):
+            run = super().run_fn(cfg, name, duration, stop_on_miss)
+
+            def maybe_lucky(qps: float) -> dict:
+                self.calls.append((cfg.batch_size, qps))
+                if cfg.batch_size == 256 and len([b for b, _ in self.calls if b == 256]) == 1:
+                    return {"sla_met": True, "latency_ms": {"p95": 19.0}, "queries": 100}
+                return run(qps)
+
+            return maybe_lucky
+
+    monkeypatch.setenv("RECSCHED_CACHE", str(tmp_path))
+    fake = LuckyOnce()
+    doc = tune(fake, budget=3, duration=0.1)  # type: ignore[arg-type]
+    traj = doc["trajectory"]
+    assert [r["config"]["batch_size"] for r in traj] == [1024, 256, 512]
+    q0 = SCREEN * traj[0]["qps"]
+    lucky = [q for b, q in fake.calls if b == 256]
+    assert lucky[0] == pytest.approx(q0) and lucky[-1] == pytest.approx(q0) and len(lucky) > 2
+    assert not traj[1]["met"] and traj[1]["screened_qps"] == pytest.approx(q0)
+    assert len(traj[1]["runs"]) == len(lucky)  # the second look is logged with the step
+    assert traj[2]["met"] and traj[2]["qps"] == pytest.approx(q0) and traj[2]["accepted"]
+    assert [q for b, q in fake.calls if b == 512].count(pytest.approx(q0)) == 2
+    assert doc["best"]["batch_size"] == 512
+
+
 def test_the_real_tuner_starts_as_the_baseline_and_may_choose_not_to_merge(
     monkeypatch, tmp_path
 ) -> None:
