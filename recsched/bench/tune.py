@@ -3,7 +3,8 @@ searches on the real engine (or the simulator), its result cached per model and 
 
 Each tuner measurement is a latency-bounded throughput found by a short bracket-and-bisect
 search warm-started at the best rate seen so far (at most `runs_per_config` open-loop runs of
-`duration` seconds), so a budget of B configurations costs about B x runs_per_config runs.
+`duration` seconds, 300 queries at least); once the SLA has been met, most are one screening
+run just above the best rate that misses and stops early.
 """
 
 from __future__ import annotations
@@ -154,9 +155,9 @@ def tune(
         run_log.append([])
         run = timed(setup.run_fn(cfg, "tuning", duration, stop_on_miss=True), run_log[-1])
         runs = runs_per_config if found[0] else 2 * runs_per_config  # the first search is wider
-        # a new configuration's first search ends at its first failure at the best rate so
-        # far; re-measurements (the tuner's noise checks) search in full, so a fair
-        # second look at the best itself is not cut to zero by one unlucky run
+        # a new configuration's first look is screened (see the docstring); re-measurements
+        # (the tuner's noise checks) search in full, so a fair second look at the best itself
+        # is not cut to zero by one unlucky run
         key = json.dumps(cfg.to_dict(), sort_keys=True)
         first = key not in measured
         measured.add(key)
