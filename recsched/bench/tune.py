@@ -9,7 +9,6 @@ run just above the best rate that misses and stops early.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -17,12 +16,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from recsched.bench import calibrate
-from recsched.bench.capacity import find_capacity, passes
+from recsched.bench.capacity import passes
 from recsched.bench.tuning import (
+    REMEASURE_MARGIN,
     TuneCache,
     confirm_against_start,
     measurement_from_capacity,
     run_tuning,
+    search_config,
     tune_result_json,
 )
 from recsched.config import EngineConfig
@@ -35,21 +36,6 @@ AUTO_BUDGET = 8  # tuning on a cache miss (e.g. inside `compare`): about a minut
 # After the climb, the tuned best and the start run side by side at one rate between their
 # capacities, up to this many rounds; the best must win two (bench.tuning.confirm_against_start).
 CONFIRM_ROUNDS = 3
-# Each measurement's capacity search stops when its bracket is within this relative width.
-SEARCH_TOL = 0.1
-# A new configuration's first look, once some configuration met the SLA, is one run at this
-# factor above the best rate: a miss there screens it out (it cannot beat the best by more
-# than the search resolves), a pass searches on upwards.
-SCREEN = 1 + SEARCH_TOL
-# The capacity searches step up by 2 after a pass (the run above fails, and a failing run
-# stops early) but down by only this after a failure: the run below passes, and a passing run
-# lasts its full length, 300 queries (8 s for din's start at 25 qps, far below its ~40).
-STEP_DOWN = 2**0.5
-# The tuner re-measures a close call (challenger and incumbent within this relative margin).
-# A challenger that passed the screen beat the best by SCREEN - 1 in its run, outside it: a
-# close call is then only between full searches (before any configuration met the SLA).
-REMEASURE_MARGIN = 0.05
-assert SCREEN - 1 > REMEASURE_MARGIN, "a passed screen is not a close call"
 AUTO_DURATION_S = 2.5  # per run: shorter runs made p95 too noisy to rank configurations
 TUNED_FIELDS = (
     "request",
@@ -117,10 +103,11 @@ def tune(
     lanes x threads) for latency-bounded throughput; cache the best.
 
     With `early_stop`, once a configuration has met the SLA, a new configuration's first look
-    is screened: one run at `SCREEN` x the best rate so far, and a miss there ends it (it cannot
-    win; walking down to its own capacity took minutes at tight SLAs, where runs at a few qps
-    last seconds each, and a configuration that merely ties the best cost a full passing run
-    at the best rate plus the failing ones above it: din's ties were a third of its budget).
+    is screened (`recsched.bench.tuning.search_config`): one run at 1.1x the best rate so far,
+    and a miss there ends it (it cannot win; walking down to its own capacity took minutes at
+    tight SLAs, where runs at a few qps last seconds each, and a configuration that merely
+    ties the best cost a full passing run at the best rate plus the failing ones above it:
+    din's ties were a third of its budget).
     A pass is searched on upwards; if the screen's was its only passing run, one more run at
     the screen's rate must pass too (on rmc1's 2 s runs, single lucky passes walked the best
     rate up 1.1x at a time, each making the next screen harder for no real gain).
@@ -162,19 +149,7 @@ def tune(
         first = key not in measured
         measured.add(key)
         screen = found[0] and early_stop and first
-        q0 = best_qps[0] * SCREEN if screen else best_qps[0]
-        floor = q0 if screen else 0.1
-        s = find_capacity(
-            run, start_qps=q0, rel_tol=SEARCH_TOL, max_runs=runs, min_qps=floor,
-            step_down=STEP_DOWN,
-        )  # fmt: skip
-        m = measurement_from_capacity(s.qps, s.best, s.runs, setup.sla_ms, tail)
-        if screen and m.met and s.qps <= q0:  # one pass, at the screen: a second run decides
-            again = run(q0)
-            if not passes(again):
-                m = measurement_from_capacity(0.0, None, [again], setup.sla_ms, tail)
-        if screen and not m.met:
-            m = dataclasses.replace(m, screened_qps=q0)
+        m = search_config(run, best_qps[0], screen, runs, setup.sla_ms, tail)
         if m.met and (m.qps > best_qps[0] or not found[0]):
             best_qps[0] = m.qps
             found[0] = True

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recsched.bench.capacity import find_capacity, passes
 from recsched.config import EngineConfig
 from recsched.sched.retune import RegimeTable
 from recsched.sched.tuner import Measurement, Tuner, TuningSpace, combine
@@ -42,6 +43,50 @@ class TuneResult:
 
 
 SPREAD = 1.1  # the confirmation's rate moves at least this factor after a tie
+# Each measurement's capacity search stops when its bracket is within this relative width.
+SEARCH_TOL = 0.1
+# A new configuration's first look, once some configuration met the SLA, is one run at this
+# factor above the best rate: a miss there screens it out (it cannot beat the best by more
+# than the search resolves), a pass searches on upwards.
+SCREEN = 1 + SEARCH_TOL
+# The capacity searches step up by 2 after a pass (the run above fails, and a failing run
+# stops early) but down by only this after a failure: the run below passes, and a passing run
+# lasts its full length, 300 queries (8 s for din's start at 25 qps, far below its ~40).
+STEP_DOWN = 2**0.5
+# The tuner re-measures a close call (challenger and incumbent within this relative margin).
+# A challenger that passed the screen beat the best by SCREEN - 1 in its run, outside it: a
+# close call is then only between full searches (before any configuration met the SLA).
+REMEASURE_MARGIN = 0.05
+assert SCREEN - 1 > REMEASURE_MARGIN, "a passed screen is not a close call"
+
+
+def search_config(
+    run: Callable[[float], dict],
+    best_qps: float,
+    screen: bool,
+    max_runs: int,
+    sla_ms: float,
+    tail_key: str = "p95",
+) -> Measurement:
+    """One configuration's latency-bounded throughput, by a capacity search from `best_qps`
+    (the best rate so far, or a first guess).
+
+    With `screen` (a first look once the SLA has been met), the search starts at `SCREEN` x
+    the best rate and goes no lower: a miss there screens the configuration out (unmet, with
+    `screened_qps`); a pass is searched on upwards, and if it was the only passing run, one
+    more run at that rate must pass too, so a lucky run cannot raise the bar for the rest.
+    """
+    q0 = best_qps * SCREEN if screen else best_qps
+    s = find_capacity(
+        run, start_qps=q0, rel_tol=SEARCH_TOL, max_runs=max_runs, min_qps=q0 if screen else 0.1,
+        step_down=STEP_DOWN,
+    )  # fmt: skip
+    m = measurement_from_capacity(s.qps, s.best, s.runs, sla_ms, tail_key)
+    if screen and m.met and s.qps <= q0:  # one pass, at the screen: a second run decides
+        again = run(q0)
+        if not passes(again):
+            m = measurement_from_capacity(0.0, None, [again], sla_ms, tail_key)
+    return dataclasses.replace(m, screened_qps=q0) if screen and not m.met else m
 
 
 def confirm_against_start(

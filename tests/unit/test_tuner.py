@@ -548,6 +548,40 @@ def test_confirmation_keeps_a_truly_better_best_and_skips_when_best_is_start() -
     assert res.best_config == start and rows == [] and calls == []
 
 
+def test_search_config_screens_and_asks_a_lone_pass_twice() -> None:
+    """`search_config` alone, on synthetic run functions: a screened look that misses costs
+    one run at 1.1x the best; a lone pass at the screen runs once more there; without the
+    screen it is a plain capacity search from the best rate."""
+    from recsched.bench.tuning import SCREEN, search_config
+
+    def surface(cap: float, lucky: int = 0):
+        calls: list[float] = []
+
+        def run(q: float) -> dict:
+            calls.append(q)
+            ok = q <= cap or len(calls) <= lucky
+            return {"sla_met": ok, "latency_ms": {"p95": 9.0 if ok else 30.0}, "queries": 300}
+
+        return run, calls
+
+    run, calls = surface(100.0)
+    m = search_config(run, 100.0, True, 4, 20.0)
+    assert calls == [pytest.approx(110.0)] and not m.met and m.screened_qps == pytest.approx(110)
+    run, calls = surface(100.0, lucky=1)  # the screen's run is lucky, the second is not
+    m = search_config(run, 100.0, True, 4, 20.0)
+    assert calls[0] == calls[-1] == pytest.approx(SCREEN * 100.0) and len(calls) == 5
+    assert not m.met and m.screened_qps == pytest.approx(110.0)
+    run, calls = surface(112.0)  # really 12% better: passes the screen twice
+    m = search_config(run, 100.0, True, 4, 20.0)
+    assert m.met and m.qps == pytest.approx(110.0) and calls.count(pytest.approx(110.0)) == 2
+    run, calls = surface(300.0)  # far better: passes above the screen, no second look
+    m = search_config(run, 100.0, True, 4, 20.0)
+    assert m.met and m.qps > 200.0 and calls.count(pytest.approx(110.0)) == 1
+    run, calls = surface(70.0)  # no screen: searched down to its own capacity
+    m = search_config(run, 100.0, False, 8, 20.0)
+    assert m.met and 70.0 / 1.1 <= m.qps <= 70.0 and m.screened_qps is None
+
+
 class _FakeSetup:
     """What `recsched.bench.tune.tune` reads of a `Setup`, over a synthetic capacity surface:
     a run at `qps` meets the SLA when `qps` is within the configuration's capacity."""
@@ -615,7 +649,8 @@ def test_tune_screens_a_first_look_by_one_run_above_the_best(monkeypatch, tmp_pa
     rate: a configuration that ties the best (or is worse) costs that one run and is marked
     screened, where it used to cost a passing run at the best rate plus the failing ones
     above it; a better one passes the screen and is searched on upwards, and wins."""
-    from recsched.bench.tune import SCREEN, tune
+    from recsched.bench.tune import tune
+    from recsched.bench.tuning import SCREEN
 
     class Ties(_FakeSetup):
         @staticmethod
@@ -648,7 +683,8 @@ def test_tune_a_lone_pass_at_the_screen_must_pass_twice(monkeypatch, tmp_path) -
     lucky pass (B=256, no better than the start) then misses and is screened out, where it
     would have raised the best rate by 10% for nothing; one that really is 10% better (B=512)
     passes again and wins."""
-    from recsched.bench.tune import SCREEN, tune
+    from recsched.bench.tune import tune
+    from recsched.bench.tuning import SCREEN
 
     class LuckyOnce(_FakeSetup):
         @staticmethod
