@@ -227,9 +227,6 @@ def plot_tune(tune: Mapping[str, Any], path: Path, title: str) -> str:
     measured), screened-out first looks as a red triangle at the rate they missed, and the
     best rate met so far."""
     rows = tune.get("trajectory") or []
-    screened = [(int(r.get("step", i + 1)), _num(r["screened_qps"]))
-                for i, r in enumerate(rows) if r.get("screened_qps")]  # fmt: skip
-    rows = [r for r in rows if not r.get("screened_qps")]
     step = [int(r.get("step", i + 1)) for i, r in enumerate(rows)]
     qps = [_num(r.get("qps")) for r in rows]
     met = [bool(r.get("met")) for r in rows]
@@ -241,14 +238,20 @@ def plot_tune(tune: Mapping[str, Any], path: Path, title: str) -> str:
             cur = q if math.isnan(cur) else max(cur, q)
         best.append(cur)
     ax.step(step, best, where="post", color="black", lw=1.5, label="best met so far")
-    ax.scatter(step, qps, c=["#2ca02c" if m else "#d62728" for m in met], s=28, zorder=3,
-               label="measured (green met, red missed)")  # fmt: skip
+    screened = [(s, _num(r["screened_qps"])) for s, r in zip(step, rows, strict=True)
+                if r.get("screened_qps")]  # fmt: skip
+    plain = [(s, q, m) for s, q, m, r in zip(step, qps, met, rows, strict=True)
+             if not r.get("screened_qps")]  # fmt: skip
+    if plain:
+        xs, ys, ok = zip(*plain, strict=True)
+        ax.scatter(xs, ys, c=["#2ca02c" if m else "#d62728" for m in ok], s=28, zorder=3,
+                   label="measured (green met, red missed)")  # fmt: skip
     if screened:
         ax.scatter(*zip(*screened, strict=True), marker="v", c="#d62728", s=36, zorder=3,
                    label="screened out: missed just above the best")  # fmt: skip
     for restart, edge, label in ((False, "black", "accepted"), (True, "grey", "restart")):
         acc = [
-            (s, q)
+            (s, _num(r["screened_qps"]) if r.get("screened_qps") else q)  # where it is drawn
             for s, q, r in zip(step, qps, rows, strict=True)
             if r.get("accepted") and (r.get("phase") == "restart") == restart
         ]
