@@ -54,8 +54,13 @@ def find_capacity(
     confirm: int = 0,
     step_down: float | None = None,
 ) -> CapacitySearch:
-    """Bracket (multiply by `step` after a pass, divide by `step_down`, default `step`, after
-    a failure) then bisect the offered rate. Stops after `max_runs` runs at the latest.
+    """Bracket (multiply by `step` after a pass, divide by `step` after a failure) then
+    bisect the offered rate. Stops after `max_runs` runs at the latest.
+
+    With `step_down`, the k-th failure in a row divides by `step_down`**k instead: a first
+    step down stays close to the failed rate (the run below passes and lasts its full length,
+    so a far-off pass is expensive), while a first guess far above the capacity (a tight SLA)
+    is still left in a few runs.
 
     With `confirm=k > 0` a verdict that moves the bracket is re-measured at the same rate
     up to k more times and the majority of the 1 + k runs decides, stopping as soon as it is
@@ -66,9 +71,8 @@ def find_capacity(
 
     Returns rate 0 with no best run when even `min_qps` fails.
     """
-    down = step if step_down is None else step_down
-    assert start_qps > 0 and rel_tol > 0 and max_runs >= 1 and step > 1 and down > 1
-    assert confirm >= 0
+    assert start_qps > 0 and rel_tol > 0 and max_runs >= 1 and step > 1 and confirm >= 0
+    assert step_down is None or step_down > 1
     out = CapacitySearch(0.0, None)
 
     def measure(q: float) -> dict:
@@ -95,17 +99,18 @@ def find_capacity(
 
     lo, hi = 0.0, math.inf
     q = min(max(start_qps, min_qps), max_qps)
+    fails = 0  # in a row, while bracketing
     while len(out.runs) < max_runs:  # bracket
         if verdict(q, confirm_pass=False):
-            lo = q
+            lo, fails = q, 0
             if q >= max_qps:
                 return out
             q = min(q * step, max_qps)
         else:
-            hi = q
+            hi, fails = q, fails + 1
             if q <= min_qps:
                 return out
-            q = max(q / down, min_qps)
+            q = max(q / (step if step_down is None else step_down**fails), min_qps)
         if lo > 0 and hi < math.inf:
             break
     while len(out.runs) < max_runs and hi / lo > 1 + rel_tol:  # bisect

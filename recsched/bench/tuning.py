@@ -50,8 +50,10 @@ SEARCH_TOL = 0.1
 # than the search resolves), a pass searches on upwards.
 SCREEN = 1 + SEARCH_TOL
 # The capacity searches step up by 2 after a pass (the run above fails, and a failing run
-# stops early) but down by only this after a failure: the run below passes, and a passing run
-# lasts its full length, 300 queries (8 s for din's start at 25 qps, far below its ~40).
+# stops early) but down by only this after a first failure: the run below passes, and a
+# passing run lasts its full length, 300 queries (8 s for din's start at 25 qps, far below its
+# ~40). Further failures in a row step down by 2, 2.8, 4, ... (`find_capacity`), so a first
+# guess far above the capacity (tight SLAs) is still left in a few runs.
 STEP_DOWN = 2**0.5
 # The tuner re-measures a close call (challenger and incumbent within this relative margin).
 # A challenger that passed the screen beat the best by SCREEN - 1 in its run, outside it: a

@@ -4,6 +4,8 @@ import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recsched.bench.capacity import capacity_result, find_capacity
 
@@ -43,6 +45,29 @@ def test_a_shorter_step_down_lands_closer_below_a_failure():
     run, calls = surface(100.0)  # and up by `step` after a pass, as before
     find_capacity(run, start_qps=30.0, rel_tol=0.1, step_down=2**0.5)
     assert calls[:3] == [30.0, 60.0, 120.0]
+    run, calls = surface(3.6)  # a guess 28x over (wnd at a tight SLA): galloping down
+    s = find_capacity(run, start_qps=100.0, rel_tol=0.1, max_runs=8, step_down=2**0.5)
+    assert calls[:5] == pytest.approx([100.0, 100 / 2**0.5, 100 / 2**1.5, 100 / 2**3, 100 / 2**5])
+    run, _ = surface(3.6)
+    halving = find_capacity(run, start_qps=100.0, rel_tol=0.1, max_runs=8)
+    assert s.qps == pytest.approx(halving.qps) and 0 < s.qps <= 3.6  # as good as halving
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cap=st.floats(1.0, 1e4),
+    start=st.floats(0.5, 1e5),
+    step=st.floats(1.5, 4.0),
+    down=st.floats(1.05, 4.0),
+)
+def test_any_step_up_and_down_lands_within_tolerance(cap, start, step, down):
+    """Whatever the steps up and down, the search ends within its tolerance below the
+    capacity and never above it (on a noiseless surface); a start 1e5 x over the capacity with
+    small steps down is still left within the budget (the k-th failure in a row divides by
+    step_down**k)."""
+    run, calls = surface(cap)
+    s = find_capacity(run, start_qps=start, rel_tol=0.1, max_runs=80, step=step, step_down=down)
+    assert cap / 1.1 <= s.qps <= cap and len(calls) <= 80
 
 
 def test_budget_is_respected_and_zero_when_nothing_passes():
