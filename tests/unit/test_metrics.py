@@ -360,3 +360,29 @@ def test_summary_reports_the_verdict_percentile_with_its_confidence_interval():
     for i in range(20):
         few.add(QueryResult(i, "default", 1, 0.0, 0.001 * (i + 1)))
     assert few.summary((DEFAULT_CLASS,), 50.0, 99.0)["latency_ms"]["p99_ci"][1] is None
+
+
+def test_confidence_interval_from_a_window_of_the_binomial_matches_the_whole_range() -> None:
+    """`percentile_confidence` computes the binomial CDF over a window around n q and selects
+    two order statistics: the same ends as the whole range 0..n with a full sort (the old
+    computation, here as the reference), at any size."""
+
+    def reference(x: np.ndarray, p: float, conf: float) -> tuple[float, float]:
+        a, n, q = np.sort(x), len(x), p / 100.0
+        k = np.arange(n + 1, dtype=np.float64)
+        log_choose = np.concatenate(([0.0], np.cumsum(np.log((n - k[1:] + 1) / k[1:]))))
+        with np.errstate(divide="ignore"):
+            logpmf = log_choose + k * math.log(q) + (n - k) * math.log1p(-q)
+        pmf = np.exp(logpmf - logpmf.max())
+        cdf, alpha = np.cumsum(pmf) / pmf.sum(), (1.0 - conf) / 2.0
+        below = np.flatnonzero(cdf <= alpha)
+        k_hi = int(np.searchsorted(cdf, 1.0 - alpha, side="left"))
+        lo = a[below[-1]] * 1000.0 if len(below) else -math.inf
+        return (float(lo), float(a[k_hi] * 1000.0) if k_hi < n else math.inf)
+
+    rng = np.random.default_rng(3)
+    for n in (1, 3, 20, 59, 368, 1_000, 20_000, 300_000):
+        x = rng.exponential(size=n)
+        for p in (50.0, 90.0, 99.0, 99.9):
+            for conf in (0.9, 0.95, 0.99):
+                assert percentile_confidence(x, p, conf) == reference(x, p, conf), (n, p, conf)
