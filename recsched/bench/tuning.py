@@ -24,6 +24,7 @@ from typing import Any
 
 from recsched.bench.capacity import find_capacity, passes
 from recsched.config import EngineConfig
+from recsched.metrics.latency import ci_json
 from recsched.sched.retune import RegimeTable
 from recsched.sched.tuner import Measurement, Tuner, TuningSpace, combine
 
@@ -235,8 +236,8 @@ def run_tuning(
 
 
 def _ci_json(ci: Sequence[float] | None) -> list[float | None] | None:
-    """A confidence interval for JSON: an unbounded end (+-inf) as None."""
-    return None if not ci else [v if math.isfinite(v) else None for v in ci]
+    """`metrics.latency.ci_json`, keeping "no interval" as None."""
+    return ci_json(ci) if ci else None
 
 
 def tune_result_json(result: TuneResult, model: str | None = None) -> dict[str, Any]:

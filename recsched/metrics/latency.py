@@ -273,8 +273,15 @@ def _with_ci(latencies_s: np.ndarray, p: float) -> dict[str, Any]:
     key = f"p{p:g}"
     if not len(latencies_s):
         return {key: math.nan, f"{key}_ci": [None, None]}
-    ci = [v if math.isfinite(v) else None for v in percentile_confidence(latencies_s, p)]
-    return {key: percentile_ms(latencies_s, p), f"{key}_ci": ci}
+    return {
+        key: percentile_ms(latencies_s, p),
+        f"{key}_ci": ci_json(percentile_confidence(latencies_s, p)),
+    }
+
+
+def ci_json(ci: Iterable[float]) -> list[float | None]:
+    """A confidence interval for JSON: an end that could not be bounded (+-inf) as None."""
+    return [v if math.isfinite(v) else None for v in ci]
 
 
 def class_sla(
