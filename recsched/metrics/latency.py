@@ -238,9 +238,10 @@ class LatencyLog:
             if met is not None:
                 verdicts.append(met)
             within += int(np.sum(ok & (lat * 1000.0 <= sla))) if sla is not None else int(ok.sum())
-            s = summarize_ms(lat[ok])
+            served = lat[ok]
+            s = summarize_ms(served)
             del s["count"]
-            s.update(_with_ci(lat[ok], pct))
+            s.update(_with_ci(served, pct))
             per_class[name] = {
                 "queries": len(lat),
                 "errors": int((~ok).sum()),
