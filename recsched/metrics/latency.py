@@ -241,7 +241,7 @@ class LatencyLog:
             served = lat[ok]
             s = summarize_ms(served)
             del s["count"]
-            s.update(_with_ci(served, pct))
+            _add_ci(s, served, pct)
             per_class[name] = {
                 "queries": len(lat),
                 "errors": int((~ok).sum()),
@@ -254,7 +254,7 @@ class LatencyLog:
         done = self.latencies()
         overall = summarize_ms(done)
         del overall["count"]
-        overall.update(_with_ci(done, percentile))
+        _add_ci(overall, done, percentile)
         return {
             "queries": len(self),
             "errors": sum(v["errors"] for v in per_class.values()),
@@ -267,17 +267,13 @@ class LatencyLog:
         }
 
 
-def _with_ci(latencies_s: np.ndarray, p: float) -> dict[str, Any]:
-    """`{"p<p>": ms, "p<p>_ci": [lo, hi]}`: the verdict percentile (also when it is not one of
-    the summary's) and its 95% confidence interval, an end the samples cannot bound as None
-    (JSON has no infinity)."""
+def _add_ci(summary: dict[str, Any], latencies_s: np.ndarray, p: float) -> None:
+    """Add `"p<p>"` (the verdict percentile, when not among the summary's) and `"p<p>_ci"`, its
+    95% confidence interval, an end the samples cannot bound as None (JSON has no infinity)."""
     key = f"p{p:g}"
-    if not len(latencies_s):
-        return {key: math.nan, f"{key}_ci": [None, None]}
-    return {
-        key: percentile_ms(latencies_s, p),
-        f"{key}_ci": ci_json(percentile_confidence(latencies_s, p)),
-    }
+    if key not in summary:
+        summary[key] = percentile_ms(latencies_s, p)
+    summary[f"{key}_ci"] = ci_json(percentile_confidence(latencies_s, p))
 
 
 def ci_json(ci: Iterable[float]) -> list[float | None]:
