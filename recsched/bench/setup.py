@@ -89,8 +89,10 @@ class Setup:
         percentile: float = 95.0,
         sim: bool = False,
         need_sla: bool = True,
+        adapter: ModelAdapter | None = None,
     ) -> Setup:
-        adapter = load(model, scale, seed)
+        """`adapter`: the model already loaded (by the server), else loaded here."""
+        adapter = adapter if adapter is not None else load(model, scale, seed)
         size_dist = parse_sizes(sizes)
         parsed = tuple(
             PriorityClass(c.name, c.share, c.value, c.sla_ms, percentile)
@@ -107,17 +109,43 @@ class Setup:
         """The configuration of a preset; `tuned` request knobs come from the tuner."""
         lanes, tpl = default_lanes()
         base: dict[str, Any] = {"lanes": lanes, "threads_per_lane": tpl}
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        cfg = preset(name, **base)
-        if cfg.request == "tuned":
-            knobs = self.tuned_knobs(cfg, log)
-            cfg = cfg.replace(**{k: v for k, v in knobs.items() if k not in overrides})
-        return cfg
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return self.resolve(preset(name, **{**base, **given}), log, keep=tuple(given))
 
-    def tuned_knobs(self, cfg: EngineConfig, log: Log | None = None) -> dict[str, Any]:
+    def resolve(
+        self,
+        cfg: EngineConfig,
+        log: Log | None = None,
+        *,
+        tune: bool = True,
+        keep: Sequence[str] = (),
+    ) -> EngineConfig:
+        """`cfg` with its `tuned` request knobs from the tuner's cache (tuned now on a miss
+        if `tune`, else ValueError), except the fields in `keep` (the caller's overrides)."""
+        if cfg.request != "tuned":
+            return cfg
+        knobs = self.tuned_knobs(cfg, log, tune=tune)
+        return cfg.replace(**{k: v for k, v in knobs.items() if k not in keep})
+
+    def tuned_knobs(
+        self, cfg: EngineConfig, log: Log | None = None, *, tune: bool = True
+    ) -> dict[str, Any]:
         from recsched.bench.tune import tuned_knobs
 
-        return tuned_knobs(self, cfg, log)
+        return tuned_knobs(self, cfg, log, tune_on_miss=tune)
+
+    def serving(
+        self,
+        cfg: EngineConfig,
+        log: Log | None = None,
+        *,
+        tune: bool = True,
+        keep: Sequence[str] = (),
+    ) -> tuple[EngineConfig, dict[str, Any]]:
+        """What an engine serving `cfg` is built with: the resolved configuration (`resolve`)
+        and the `Engine` extras (`engine_extras`: graph and profiled cost model)."""
+        cfg = self.resolve(cfg, log, tune=tune, keep=keep)
+        return cfg, self.engine_extras(cfg)
 
     # -- engines ----------------------------------------------------------------------------
     def pool(self) -> InputPool:

@@ -200,12 +200,22 @@ def tune(
     return doc
 
 
-def tuned_knobs(setup: Setup, cfg: EngineConfig, log: Log | None = None) -> dict[str, Any]:
-    """The tuned knobs for this model, SLA and workload: cached, or tuned now."""
+def tuned_knobs(
+    setup: Setup, cfg: EngineConfig, log: Log | None = None, *, tune_on_miss: bool = True
+) -> dict[str, Any]:
+    """The tuned knobs for this model, SLA and workload: cached, or tuned now (on a miss
+    without `tune_on_miss`: ValueError, naming the command that tunes it)."""
     assert setup.sla_ms is not None, "the tuned policy needs an SLA (--sla-ms or --sla-x)"
     cache = TuneCache(calibrate.cache_dir() / "tuned")
     key_sizes = cache_key_sizes(setup, cfg)
     hit = cache.get(setup.adapter.name, setup.scale, setup.sla_ms, key_sizes)
+    if hit is None and not tune_on_miss:
+        name = setup.adapter.name
+        raise ValueError(
+            f"no tuned configuration is cached for {name} at a {setup.sla_ms:.3g} ms SLA on "
+            f"this workload; run `recsched tune {name} --sla-ms {setup.sla_ms:.3g}` (with the "
+            "same --classes, --sizes, --scale) first"
+        )
     if hit is None:
         if log is not None:
             log(f"[yellow]no tuned configuration cached for {setup.adapter.name}; tuning now")

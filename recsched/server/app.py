@@ -85,6 +85,12 @@ class ServerConfig:
     decode_in_thread_bytes: bodies this large are decoded in a worker thread, not the loop.
     engine_factory(adapter, config): builds a model's engine (None: an in-process `Engine`;
     `recsched.serving.ray_deploy` passes one that forwards to Ray Serve replicas).
+    configure(name, adapter, config): the configuration a model is served with and the
+    `Engine` extras it needs, `(config, {"graph": .., "cost": ..})`, for a preset that names
+    more than its fields: the `tuned` request knobs (the tuner's cache) and the profiled
+    cost model of the operator-level policies (`recsched serve` wires
+    `recsched.bench.setup.Setup.serving`); called when a model is loaded and when it is
+    reconfigured (a ValueError there is the client's: 400). None: served as given.
     admission: `count` (engine places by count: the lowest class holds at most half the
     window) or `predicted` (by predicted work, `recsched.server.admission`: lower classes
     enter the engine only while its backlog is under `reserve` x the top class's SLA, and
@@ -114,6 +120,9 @@ class ServerConfig:
     version: str = "1"
     decode_in_thread_bytes: int = 8 << 20
     engine_factory: Callable[[ModelAdapter, EngineConfig], Any] | None = None
+    configure: (
+        Callable[[str, ModelAdapter, EngineConfig], tuple[EngineConfig, dict[str, Any]]] | None
+    ) = None
     trace_path: str | None = None
     admission: str = "count"
     reserve: float = 0.25
@@ -357,6 +366,9 @@ class ModelHost:
     ) -> None:
         self.name = name
         self.adapter = adapter
+        self.extras: dict[str, Any] = {}  # Engine(graph=, cost=) of the configuration
+        if sc.configure is not None:
+            config, self.extras = sc.configure(name, adapter, config)
         self.config = config
         self.sc = sc
         self.engine: Engine | None = None
@@ -380,7 +392,7 @@ class ModelHost:
 
     # -- lifecycle (blocking: call from a thread when the loop runs) --------------------
     def start(self) -> None:
-        self.engine = self._new_engine(self.config)
+        self.engine = self._new_engine(self.config, self.extras)
         self.state, self.reason = "READY", ""
 
     def close(self, reason: str = "unloaded") -> None:
@@ -390,9 +402,13 @@ class ModelHost:
             eng.close(drain=True, timeout=self.sc.drain_timeout_s)
 
     def swap(self, config: EngineConfig) -> Engine | None:
-        """Serve with a new configuration; returns the old engine (to close once drained)."""
-        new = self._new_engine(config)
-        old, self.engine, self.config = self.engine, new, config
+        """Serve with a new configuration; returns the old engine (to close once drained).
+        ValueError (nothing changed) if `ServerConfig.configure` cannot resolve it."""
+        extras = self.extras
+        if self.sc.configure is not None:
+            config, extras = self.sc.configure(self.name, self.adapter, config)
+        new = self._new_engine(config, extras)
+        old, self.engine, self.config, self.extras = self.engine, new, config, extras
         self.keep_int32 = self._keeps_int32(config)
         self.admission.window = self.sc.window_for(config)
         self.admission.lanes = lanes_of(config)
@@ -410,9 +426,12 @@ class ModelHost:
             return False
         return self.adapter.accepts_int32_ids(config.compiled)
 
-    def _new_engine(self, config: EngineConfig) -> Engine:
+    def _new_engine(self, config: EngineConfig, extras: dict[str, Any]) -> Engine:
         make = self.sc.engine_factory
-        eng = make(self.adapter, config) if make else Engine(self.adapter, config, validate=False)
+        if make is not None:
+            eng = make(self.adapter, config)
+        else:
+            eng = Engine(self.adapter, config, validate=False, **extras)
         eng.start()
         if self.trace is not None and isinstance(eng, Engine):
             from recsched.bench.run import attach_trace
@@ -902,9 +921,12 @@ class RecschedServer:
                 adapter = await asyncio.to_thread(self.loader, name)
             except (ValueError, MemoryError) as e:
                 return error_response(400, f"cannot load model '{name[:100]}': {e}")
-            h = await asyncio.to_thread(  # (predicted admission may profile the model)
-                ModelHost, name, adapter, self.engine_config, self.classes, self.config
-            )
+            try:  # (predicted admission and `configure` may profile the model)
+                h = await asyncio.to_thread(
+                    ModelHost, name, adapter, self.engine_config, self.classes, self.config
+                )
+            except ValueError as e:
+                return error_response(400, f"cannot serve model '{name[:100]}': {e}")
             self.hosts[name] = h
         if h.state != "READY":
             h.reason = "loading"
@@ -940,7 +962,10 @@ class RecschedServer:
                 return error_response(getattr(e, "status", 400), f"bad configuration: {e}")
             if h.state != "READY":
                 return error_response(503, f"model '{h.name}' is not ready ({h.reason})")
-            old = await asyncio.to_thread(h.swap, cfg)
+            try:
+                old = await asyncio.to_thread(h.swap, cfg)
+            except ValueError as e:  # a configuration the engine or `configure` refuses
+                return error_response(400, f"bad configuration: {e}")
             if old is not None:
                 asyncio.get_running_loop().run_in_executor(None, old.close)
         return JSONResponse(

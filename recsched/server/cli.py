@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from recsched.config import EngineConfig
+    from recsched.models.base import ModelAdapter
 
 TOKEN_ENV = "RECSCHED_TOKEN"
 
@@ -46,6 +52,46 @@ def parse_guard(text: str) -> float | None:
     return share
 
 
+SHOWN_KNOBS = ("request", "batch_size", "merge_delay_ms", "order", "operator", "lanes")
+
+
+def preset_resolver(
+    scale: str,
+    seed: int,
+    classes: str | None,
+    sla_ms: float | None,
+    keep: tuple[str, ...] = (),
+) -> Callable[..., tuple[EngineConfig, dict[str, Any]]]:
+    """`ServerConfig.configure` for `recsched serve`: a preset resolved as the measuring
+    commands resolve it (`recsched.bench.setup.Setup.serving`): the `tuned` request knobs
+    from the tuner's cache for this model, SLA (`--sla-ms`, else `--sla-x` 20 as `compare`)
+    and classes, and the profiled cost model of the operator-level policies. Presets with
+    neither are served as given. It tunes on a cache miss only when called with
+    `tune=True` (before serving); a model loaded or reconfigured later with no tuned
+    configuration cached is refused (ValueError: 400), not tuned under live traffic.
+    `keep`: fields the command line set (`--lanes`), never replaced by tuned ones."""
+    from rich.console import Console
+
+    from recsched.bench.setup import Setup
+
+    setups: dict[str, Setup] = {}
+    console = Console(stderr=True)
+
+    def configure(
+        name: str, adapter: ModelAdapter, cfg: EngineConfig, tune: bool = False
+    ) -> tuple[EngineConfig, dict[str, Any]]:
+        if cfg.request != "tuned" and cfg.operator == "sequential":
+            return cfg, {}
+        if name not in setups:
+            setups[name] = Setup.make(
+                name, scale, seed, classes, sla_ms=sla_ms, adapter=adapter
+            )  # fmt: skip
+        log = (lambda m: console.print(f"  {name}: {m}")) if tune else None
+        return setups[name].serving(cfg, log, tune=tune, keep=keep)
+
+    return configure
+
+
 def register(app: typer.Typer) -> None:
     """Add the `serve` command to the recsched command line."""
 
@@ -65,6 +111,14 @@ def register(app: typer.Typer) -> None:
             f"(default: ${TOKEN_ENV}).",
         ),  # fmt: skip
         lanes: int | None = typer.Option(None, help="CPU lanes (default: the preset's)."),
+        offload_threshold: int | None = typer.Option(
+            None,
+            help="Queries of at least this many items run on accelerator lanes (needs a CUDA "
+            "device; refused without one; untested: no GPU where recsched is developed).",
+        ),
+        accel_lanes: int | None = typer.Option(
+            None, help="With --offload-threshold: accelerator lanes (CUDA streams)."
+        ),
         max_batch_size: int = typer.Option(4096, help="Most items one request may carry."),
         max_body_mb: float = typer.Option(64.0, help="Largest request body, MiB."),
         queue_capacity: int = typer.Option(256, help="Requests waiting for the engine, in all."),
@@ -127,12 +181,21 @@ def register(app: typer.Typer) -> None:
             )
             raise typer.Exit(2) from None
         from recsched.config import preset as make_preset
+        from recsched.engine import cuda_available
         from recsched.models.registry import load_model
         from recsched.server.codec import WIRE_IDS, Limits
         from recsched.workload.classes import parse_classes
 
         try:
-            overrides = {"lanes": lanes} if lanes is not None else {}
+            given = {"lanes": lanes, "offload_threshold": offload_threshold}
+            if offload_threshold is not None:
+                if not cuda_available():
+                    raise ValueError(
+                        "--offload-threshold needs a CUDA device (torch.cuda.is_available() is "
+                        "False on this machine); leave it unset to serve on CPU lanes"
+                    )
+                given["accel_lanes"] = accel_lanes
+            overrides = {k: v for k, v in given.items() if v is not None}
             cfg = make_preset(preset, **overrides)
             prio = parse_classes(classes)
             if admission not in ("auto", "count", "predicted"):
@@ -147,6 +210,10 @@ def register(app: typer.Typer) -> None:
             if wire_ids not in WIRE_IDS:
                 raise ValueError(f"--wire-ids is one of {', '.join(WIRE_IDS)}, not {wire_ids!r}")
             adapters = {m: load_model(m, scale=scale, seed=seed) for m in dict.fromkeys(models)}
+            configure = preset_resolver(scale, seed, classes, sla_ms, keep=tuple(overrides))
+            served = {}
+            for m, ad in adapters.items():  # tuned knobs found (or tuned) before serving
+                served[m] = configure(m, ad, cfg, tune=True)[0]
         except (ValueError, MemoryError, AssertionError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
@@ -158,7 +225,7 @@ def register(app: typer.Typer) -> None:
         sc = ServerConfig(
             limits=limits, queue_capacity=queue_capacity, hang_s=hang_s,
             trace_path=str(trace) if trace else None, admission=admission, sla_ms=sla_ms,
-            reserve=reserve, wire_ids=wire_ids, guard=guard_target,
+            reserve=reserve, wire_ids=wire_ids, guard=guard_target, configure=configure,
         )  # fmt: skip
         server = RecschedServer(
             adapters, cfg, sc, prio, token, loader=lambda m: load_model(m, scale=scale, seed=seed)
@@ -167,9 +234,11 @@ def register(app: typer.Typer) -> None:
         guarded = any(h.admission.guard is not None for h in server.hosts.values())
         guard_text = f", tail guard {guard_target:g}" if guarded else ""
         typer.echo(
-            f"serving {', '.join(adapters)} ({preset}, {cfg.lanes} lanes, {admission} admission"
-            f"{guard_text}) "
+            f"serving {', '.join(adapters)} ({preset}, {admission} admission{guard_text}) "
             f"on http://{host}:{port}; state-changing endpoints {doors}",
             err=True,
         )
+        for m, c in served.items():
+            knobs = ", ".join(f"{k}={getattr(c, k)}" for k in SHOWN_KNOBS)
+            typer.echo(f"  {m}: {knobs}", err=True)
         serve(server, host, port, log_level)

@@ -42,12 +42,17 @@ def serve_ray(
         raise typer.Exit(2) from None
     from recsched.config import preset as make_preset
     from recsched.models.registry import load_model
+    from recsched.server.cli import preset_resolver
     from recsched.workload.classes import parse_classes
 
     try:
         parse_classes(classes)
-        cfg = make_preset(preset, **({"lanes": lanes} if lanes is not None else {}))
+        given = {"lanes": lanes} if lanes is not None else {}
+        cfg = make_preset(preset, **given)
         adapter = load_model(models[0], scale=scale, seed=seed)
+        if cfg.request == "tuned":  # the tuner's knobs (cached, or tuned now), as `serve`
+            resolve = preset_resolver(scale, seed, classes, None, keep=tuple(given))
+            cfg = resolve(models[0], adapter, cfg, tune=True)[0]
         spec = RaySpec(
             models[0], cfg.to_dict(), scale=scale, seed=seed, replicas=replicas,
             autoscale=parse_autoscale(autoscale), replica_cpus=replica_cpus,
