@@ -6,6 +6,7 @@ Each prints a rich table and, with `--json F`, writes the same figures as JSON.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from recsched.config import DEFAULT_BATCH_SIZE
+from recsched.config import DEFAULT_BATCH_SIZE, PRESETS
 from recsched.metrics.report import bench_table, capacity_table, compare_table, write_json
 
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -44,6 +45,21 @@ ArrivalsOpt = Annotated[str, typer.Option("--arrivals", help="poisson | constant
 LanesOpt = Annotated[int | None, typer.Option("--lanes", help="CPU lanes (worker threads).")]
 TplOpt = Annotated[int | None, typer.Option("--threads-per-lane", help="Intra-op threads.")]
 SimOpt = Annotated[bool, typer.Option("--sim", help="Measure on the simulator instead.")]
+OffloadOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--offload-threshold",
+        min=1,
+        help="Queries of >= T items go to accelerator lanes (needs a CUDA device; untested "
+        "on a GPU).",
+    ),
+]
+AccelLanesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--accel-lanes", min=1, help="Accelerator lanes with --offload-threshold (default 1)."
+    ),
+]
 ConfirmOpt = Annotated[
     int,
     typer.Option(
@@ -73,8 +89,46 @@ def _emit(result: dict, table: Table, json_path: Path | None) -> None:
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[red]error:[/red] {msg}")
+    """Exit 2 with a one-line `error: ...` on stderr (no traceback)."""
+    typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(2)
+
+
+def _accel(
+    offload_threshold: int | None,
+    accel_lanes: int | None,
+    presets: Sequence[str] = (),
+    sim: bool = False,
+) -> dict[str, int]:
+    """The config overrides of `--offload-threshold` / `--accel-lanes`, checked before any
+    model is loaded: refused (exit 2) without a CUDA device, with `--sim` (the measuring
+    commands' simulator path has no accelerator profile) and with operator-level presets."""
+    if offload_threshold is None:
+        if accel_lanes is not None:
+            _fail("--accel-lanes applies only with --offload-threshold")
+        return {}
+    if sim:
+        _fail(
+            "--offload-threshold is not supported with --sim here: the measuring commands' "
+            "simulator path has no accelerator profile to model the accelerator lanes with; "
+            "use `recsched simulate --offload-threshold T --accel-profile F`"
+        )
+    from recsched.engine import cuda_available
+
+    if not cuda_available():
+        _fail(
+            "--offload-threshold needs a CUDA device (torch.cuda.is_available() is False on "
+            "this machine); leave it unset to serve on CPU lanes"
+        )
+    for name in presets:
+        operator = PRESETS.get(name, {}).get("operator", "sequential")
+        if operator != "sequential":
+            _fail(
+                f"--offload-threshold needs the sequential operator policy; preset {name!r} "
+                f"uses {operator!r} (accelerator lanes run whole-model tasks only)"
+            )
+    over = {"offload_threshold": offload_threshold}
+    return over if accel_lanes is None else {**over, "accel_lanes": accel_lanes}
 
 
 def models_cmd(scale: ScaleOpt = "small", json_path: JsonOpt = None, graphs: bool = True) -> None:
@@ -183,6 +237,8 @@ def bench_cmd(
     retune: Annotated[
         bool, typer.Option(help="Retune batch size and merge delay online while serving.")
     ] = False,
+    offload_threshold: OffloadOpt = None,
+    accel_lanes: AccelLanesOpt = None,
 ) -> None:
     """One open-loop run at a fixed offered rate (or a LoadGen Server/Offline run)."""
     from recsched.bench.run import bench_once
@@ -191,8 +247,11 @@ def bench_cmd(
 
     if driver not in ("native", "mlperf") or scenario not in ("server", "offline"):
         _fail(f"unknown driver {driver!r} or scenario {scenario!r}")
+    accel = _accel(offload_threshold, accel_lanes, [preset])
     s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile)
-    cfg = s.config(preset, lanes=lanes, threads_per_lane=threads_per_lane, batch_size=batch_size)
+    cfg = s.config(
+        preset, lanes=lanes, threads_per_lane=threads_per_lane, batch_size=batch_size, **accel
+    )
     rec = TraceRecorder(process_name=f"{model} {preset}") if trace is not None else None
     if driver == "mlperf":
         from recsched.bench.mlperf import bench_mlperf
@@ -267,14 +326,18 @@ def capacity_cmd(
     sim: SimOpt = False,
     confirm: ConfirmOpt = 0,
     json_path: JsonOpt = None,
+    offload_threshold: OffloadOpt = None,
+    accel_lanes: AccelLanesOpt = None,
 ) -> None:
     """Latency-bounded throughput: the highest rate whose tail meets the SLA."""
     from recsched.bench.setup import Setup
 
+    accel = _accel(offload_threshold, accel_lanes, [preset], sim)
     s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile, sim)
     r = s.capacity(
-        preset, duration, lanes=lanes, threads_per_lane=threads_per_lane, log=_log, confirm=confirm
-    )
+        preset, duration, lanes=lanes, threads_per_lane=threads_per_lane, log=_log,
+        confirm=confirm, **accel,
+    )  # fmt: skip
     _emit(r, capacity_table(r), json_path)
 
 
@@ -302,20 +365,23 @@ def compare_cmd(
         ),
     ] = True,
     json_path: JsonOpt = None,
+    offload_threshold: OffloadOpt = None,
+    accel_lanes: AccelLanesOpt = None,
 ) -> None:
     """Capacity of each preset on the same workload seed, side by side."""
     from recsched.bench.setup import Setup
 
-    s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile, sim)
     names = [p.strip() for p in presets.split(",") if p.strip()]
+    accel = _accel(offload_threshold, accel_lanes, names, sim)
+    s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile, sim)
     if interleave and not sim and len(names) > 1:
         console.rule(f"[bold]{', '.join(names)}, interleaved")
-        caps = s.capacities(names, duration, log=_log, confirm=confirm)
+        caps = s.capacities(names, duration, log=_log, confirm=confirm, **accel)
     else:
         caps = {}
         for name in names:
             console.rule(f"[bold]{name}")
-            caps[name] = s.capacity(name, duration, log=_log, confirm=confirm)
+            caps[name] = s.capacity(name, duration, log=_log, confirm=confirm, **accel)
     base = caps[names[0]]["latency_bounded_qps"] or float("nan")
     r = {
         "model": model,
@@ -341,12 +407,17 @@ def tune_cmd(
     sim: SimOpt = False,
     refresh: Annotated[bool, typer.Option(help="Tune again (ignore the cache).")] = False,
     json_path: JsonOpt = None,
+    offload_threshold: OffloadOpt = None,
+    accel_lanes: AccelLanesOpt = None,
 ) -> None:
-    """DeepRecSched: hill-climb batch size (and the rest) for latency-bounded throughput."""
+    """DeepRecSched: hill-climb batch size (and the rest) for latency-bounded throughput.
+
+    With a CUDA device, or --offload-threshold T (the start), the offload threshold too."""
     from recsched.bench.setup import Setup
 
+    accel = _accel(offload_threshold, accel_lanes, sim=sim)
     s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile, sim)
-    r = s.tune(budget=budget, duration=duration, refresh=refresh, log=_log)
+    r = s.tune(budget=budget, duration=duration, refresh=refresh, log=_log, **accel)
     t = Table(title=f"{model} tuning trajectory (SLA {s.sla_ms:.2f} ms p{percentile:g})")
     cols = ("step", "config", "qps", f"p{percentile:g} ms", "95% CI", "met", "accepted")
     for col in cols:

@@ -248,15 +248,19 @@ class Setup:
         *,
         confirm: int = 0,
         interleave: bool = True,
+        **overrides: Any,
     ) -> dict[str, dict]:
         """`capacity` of several presets. With `interleave` (real engine, two or more), their
         searches take turns run by run (`capacity.in_turns`; one run at a time, each search in
         its own thread), so the machine's slow spells land on every preset alike; their
         configurations (tuning included), start rates and the peak are settled first, in
-        order (a peak measured while another preset's runs go on would read low)."""
+        order (a peak measured while another preset's runs go on would read low).
+        `overrides`: configuration fields for every preset (`--offload-threshold`)."""
         if not interleave or self.sim or len(names) < 2:
-            return {n: self.capacity(n, duration_s, log, confirm=confirm) for n in names}
-        prepared = {n: self._prepare(n, duration_s, log) for n in names}
+            return {
+                n: self.capacity(n, duration_s, log, confirm=confirm, **overrides) for n in names
+            }
+        prepared = {n: self._prepare(n, duration_s, log, **overrides) for n in names}
         peak = calibrate.peak(self.adapter)["peak_items_per_s"]
 
         def search(name: str) -> Callable[[Callable[[RunFn], RunFn]], dict]:

@@ -69,10 +69,11 @@ def cache_key_sizes(setup: Setup, cfg: EngineConfig) -> str:
 REQUEST_KNOB = Knob("request", ("split", "dynamic"))
 
 
-def tuning_space(cores: int) -> TuningSpace:
+def tuning_space(cores: int, has_accel: bool = False) -> TuningSpace:
     """The default space, with batch sizes from 4 (below that a batch is all dispatch) and
-    `request` (merge or not) after the batch size; a merge delay only with merging."""
-    space = default_space(cores, has_accel=False, max_batch=1024)
+    `request` (merge or not) after the batch size; a merge delay only with merging. With
+    `has_accel`, the offload threshold (`None`: never offload) after `request`."""
+    space = default_space(cores, has_accel=has_accel, max_batch=1024)
     knobs: list[Knob] = []
     for k in space.knobs:
         if k.name == "batch_size":
@@ -98,9 +99,16 @@ def tune(
     operator: str = "sequential",
     runs_per_config: int = 4,
     early_stop: bool = True,
+    offload_threshold: int | None = None,
+    accel_lanes: int | None = None,
 ) -> dict:
     """Tune the request knobs (`split` or `dynamic`, batch size, queue order, merge delay,
     lanes x threads) for latency-bounded throughput; cache the best.
+
+    Where an accelerator exists (`recsched.engine.cuda_available()`, with the `sequential`
+    operator policy) or an `offload_threshold` is given (the start's, with `accel_lanes`),
+    the offload threshold is tuned too; without either, the space and the start are as
+    they always were (CPU lanes only).
 
     With `early_stop`, once a configuration has met the SLA, a new configuration's first look
     is screened (`recsched.bench.tuning.search_config`): one run at 1.1x the best rate so far,
@@ -112,6 +120,8 @@ def tune(
     the screen's rate must pass too (on rmc1's 2 s runs, single lucky passes walked the best
     rate up 1.1x at a time, each making the next screen harder for no real gain).
     Re-measurements and the confirmation against the start measure in full."""
+    from recsched.engine import cuda_available
+
     assert setup.sla_ms is not None, "tuning needs an SLA"
     lanes, tpl = os.cpu_count() or 1, 1
     # Start where the baseline is (`split` at B=1024 runs every query whole and merges none:
@@ -121,6 +131,10 @@ def tune(
         request="split", batch_size=1024, merge_delay_ms=0.0, operator=operator,
         lanes=lanes, threads_per_lane=tpl,
     )  # fmt: skip
+    if offload_threshold is not None:
+        n_accel = {} if accel_lanes is None else {"accel_lanes": accel_lanes}
+        start = start.replace(offload_threshold=offload_threshold, **n_accel)
+    has_accel = offload_threshold is not None or (operator == "sequential" and cuda_available())
     best_qps = [setup.start_qps(start)]
     found = [False]
     measured: set[str] = set()  # configurations by their JSON (EngineConfig holds a dict)
@@ -177,7 +191,7 @@ def tune(
         return measurement_from_capacity(qps if ok else 0.0, best, [r], setup.sla_ms, tail)
 
     result = run_tuning(
-        measure, tuning_space(lanes), start, budget, setup.seed, progress,
+        measure, tuning_space(lanes, has_accel), start, budget, setup.seed, progress,
         remeasure_margin=REMEASURE_MARGIN,
     )  # fmt: skip
     result, confirm = confirm_against_start(result, start, run_at, CONFIRM_ROUNDS)
@@ -226,4 +240,7 @@ def tuned_knobs(
     if log is not None:
         knobs = ", ".join(f"{k}={getattr(best, k)}" for k in TUNED_FIELDS)
         log(f"[dim]tuned request knobs: {knobs} ({m.qps:.1f} qps when tuned)[/dim]")
-    return {k: getattr(best, k) for k in TUNED_FIELDS}
+    knobs = {k: getattr(best, k) for k in TUNED_FIELDS}
+    if cfg.operator != "sequential":  # accelerator lanes run whole-model tasks only
+        knobs["offload_threshold"] = None
+    return knobs

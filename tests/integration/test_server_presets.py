@@ -113,3 +113,14 @@ def test_serve_refuses_an_offload_threshold_without_cuda(monkeypatch):
     res = CliRunner().invoke(app, ["serve", "rmc1", "--offload-threshold", "200"])
     assert res.exit_code == 2, res.output
     assert "--offload-threshold needs a CUDA device" in res.output
+
+
+def test_a_tuned_offload_threshold_reaches_only_the_sequential_presets(cache):
+    """(Tuned on a CUDA machine.) Accelerator lanes run whole-model tasks only, so the
+    operator-level presets that reuse the tuned knobs must not inherit the threshold."""
+    ad = tiny_adapter()
+    put_tuned(ad, {**TUNED, "offload_threshold": 128})
+    s = Setup.make("tiny", sla_ms=SLA_MS, adapter=ad)
+    assert s.resolve(preset("deeprecsched")).offload_threshold == 128
+    assert s.resolve(preset("opstream")).offload_threshold is None
+    assert s.resolve(preset("opstream")).batch_size == 64
