@@ -20,6 +20,7 @@ from recsched.bench.capacity import passes
 from recsched.bench.tuning import (
     REMEASURE_MARGIN,
     TuneCache,
+    TuneResult,
     confirm_against_start,
     measurement_from_capacity,
     run_tuning,
@@ -103,7 +104,9 @@ def tune(
     accel_lanes: int | None = None,
 ) -> dict:
     """Tune the request knobs (`split` or `dynamic`, batch size, queue order, merge delay,
-    lanes x threads) for latency-bounded throughput; cache the best.
+    lanes x threads) for latency-bounded throughput; cache the best. A configuration cached
+    for this model, SLA, workload and machine is returned as it is (`"cached": true`, no
+    trajectory) unless `refresh`.
 
     Where an accelerator exists (`recsched.engine.cuda_available()`, with the `sequential`
     operator policy) or an `offload_threshold` is given (the start's, with `accel_lanes`),
@@ -135,6 +138,15 @@ def tune(
         n_accel = {} if accel_lanes is None else {"accel_lanes": accel_lanes}
         start = start.replace(offload_threshold=offload_threshold, **n_accel)
     has_accel = offload_threshold is not None or (operator == "sequential" and cuda_available())
+    cache = TuneCache(calibrate.cache_dir() / "tuned")
+    key = (setup.adapter.name, setup.scale, setup.sla_ms, cache_key_sizes(setup, start))
+    hit = None if refresh else cache.get(*key)
+    if hit is not None:  # tuned before for this model, SLA, workload and machine
+        cfg, m = hit
+        if log is not None:
+            log(f"[dim]cached: tuned before ({m.qps:.1f} qps then); --refresh tunes again[/dim]")
+        doc = tune_result_json(TuneResult(cfg, m, [], 0, budget, 0.0, "cached"), setup.adapter.name)
+        return {**doc, "cached": True, "confirm": []}
     best_qps = [setup.start_qps(start)]
     found = [False]
     measured: set[str] = set()  # configurations by their JSON (EngineConfig holds a dict)
@@ -203,9 +215,7 @@ def tune(
                          for r in confirm)  # fmt: skip
         spent = sum(r["s"] for r in confirm)
         log(f"  confirmation, paired runs ({rate}; {spent:.1f} s): kept {kept}")
-    TuneCache(calibrate.cache_dir() / "tuned").put(
-        setup.adapter.name, setup.scale, setup.sla_ms, cache_key_sizes(setup, start), result
-    )
+    cache.put(*key, result)
     doc = tune_result_json(result, setup.adapter.name)
     doc["confirm"] = confirm
     for row, runs in zip(doc["trajectory"], run_log, strict=True):
