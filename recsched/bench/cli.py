@@ -237,6 +237,14 @@ def bench_cmd(
     retune: Annotated[
         bool, typer.Option(help="Retune batch size and merge delay online while serving.")
     ] = False,
+    retune_sizes: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated size specs (e.g. fixed:8,lognormal:400:0.3): the request "
+            "knobs tuned for each size mix (cached, or tuned now) become the online retuner's "
+            "regimes, switched to when the served queries' median size moves (implies --retune).",
+        ),
+    ] = None,
     offload_threshold: OffloadOpt = None,
     accel_lanes: AccelLanesOpt = None,
 ) -> None:
@@ -253,6 +261,7 @@ def bench_cmd(
         preset, lanes=lanes, threads_per_lane=threads_per_lane, batch_size=batch_size, **accel
     )
     rec = TraceRecorder(process_name=f"{model} {preset}") if trace is not None else None
+    online = _online(s, cfg, percentile, retune_sizes) if retune or retune_sizes else None
     if driver == "mlperf":
         from recsched.bench.mlperf import bench_mlperf
 
@@ -275,13 +284,13 @@ def bench_cmd(
             r = bench_once(
                 s.adapter, cfg, s.load(qps, duration), preset=preset, sla_ms=s.sla_ms,
                 percentile=percentile, progress=on_progress, trace=rec,
-                retune=_online(cfg, s.sla_ms, percentile) if retune else None,
+                retune=online,
                 **s.engine_extras(cfg),
             )  # fmt: skip
         for sw in r.get("retune", {}).get("switches", []):
             console.print(
-                f"  retune at {sw['t_s']:6.1f} s ({sw['reason']}): batch {sw['batch_size']}, "
-                f"merge {sw['merge_delay_ms']} ms"
+                f"  retune at {sw['t_s']:6.1f} s ({sw['reason']}): {sw['request']} batch "
+                f"{sw['batch_size']}, merge {sw['merge_delay_ms']} ms"
             )
     if rec is not None:
         rec.write(trace)
@@ -289,21 +298,36 @@ def bench_cmd(
     _emit(r, bench_table(r), json_path)
 
 
-def _online(cfg, sla_ms: float | None, percentile: float):
-    """`--retune`: a factory of the online retuner around a live engine (request knobs)."""
+def _online(s, cfg, percentile: float, size_specs: str | None = None):
+    """`--retune`: a factory of the online retuner around a live engine (request knobs);
+    with `--retune-sizes`, its regime table by size mix (`bench.online.size_regimes`)."""
     import os
 
-    from recsched.bench.online import OnlineTuning, live_retuner
+    from recsched.bench.online import OnlineTuning, live_retuner, size_regimes
 
+    sla_ms = s.sla_ms
     if sla_ms is None:
         _fail("--retune needs an SLA (--sla-ms or --sla-x)")
     if cfg.request == "whole":
         cfg = cfg.replace(request="dynamic")  # whole has no batch size to move
+    table = None
+    if size_specs:
+        specs = [p.strip() for p in size_specs.split(",") if p.strip()]
+        try:
+            table = size_regimes(s, cfg, specs, _log)
+        except ValueError as e:
+            _fail(str(e))
+        for (_, level), c in sorted(table.configs.items()):
+            knobs = ", ".join(f"{k}={getattr(c, k)}" for k in ("request", "batch_size"))
+            console.print(f"  size level {level}: {knobs}, merge {c.merge_delay_ms} ms")
+        console.print(
+            f"  size edges (median items): {', '.join(f'{e:g}' for e in table.size_edges)}"
+        )
 
     def make(engine):
         if engine.config != cfg:
             engine.reconfigure(cfg)
-        retuner = live_retuner(cfg, sla_ms, os.cpu_count() or 1, percentile=percentile)
+        retuner = live_retuner(cfg, sla_ms, os.cpu_count() or 1, table=table, percentile=percentile)
         return OnlineTuning(engine, retuner)
 
     return make

@@ -12,14 +12,21 @@ order whatever lane reports them), and a thread that asks `decide` every `interv
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import threading
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from recsched.config import EngineConfig
 from recsched.engine import RETUNABLE, Engine
 from recsched.sched.retune import LocalStepper, OnlineRetuner, RegimeTable
 from recsched.sched.tuner import default_space
 from recsched.types import QueryResult
+from recsched.workload.sizes import parse_sizes
+
+if TYPE_CHECKING:
+    from recsched.bench.setup import Setup
 
 
 def request_stepper(cores: int, max_batch: int = 1024) -> LocalStepper:
@@ -41,6 +48,40 @@ def live_retuner(
     sustained breach before a step (override any `OnlineRetuner` option)."""
     opts = {"window_s": 4.0, "min_dwell_s": 2.0, "breach_sustain_s": 1.0, **options}
     return OnlineRetuner(initial, sla_ms, table=table, stepper=request_stepper(cores), **opts)
+
+
+def size_regimes(
+    setup: Setup,
+    initial: EngineConfig,
+    size_specs: Sequence[str],
+    log: Callable[[str], None] | None = None,
+) -> RegimeTable:
+    """A regime table with one size level per size spec (`--retune-sizes`): each level's
+    configuration is `initial` with the request knobs (`RETUNABLE`) the tuner found for that
+    query-size mix at the run's SLA, classes and arrivals (the tuner's cache; tuned now on a
+    miss), and the edge between two levels is the geometric mean of their median sizes (the
+    retuner classifies the window's median). One load level: the run's rate does not pick.
+    A run that replays a trace has its regimes tuned on Poisson arrivals (a trace's own sizes
+    would override each regime's)."""
+    if len(size_specs) < 2:
+        raise ValueError(
+            "--retune-sizes needs two or more size specs, e.g. fixed:8,lognormal:400:0.3"
+        )
+    levels: list[tuple[float, str, EngineConfig]] = []
+    for spec in size_specs:
+        median = float(parse_sizes(spec).median())
+        arrivals = "poisson" if setup.arrivals.startswith("trace:") else setup.arrivals
+        s = dataclasses.replace(setup, sizes=spec, arrivals=arrivals)
+        if log is not None:
+            log(f"[dim]size level {spec} (median {median:g} items):[/dim]")
+        tuned = s.resolve(initial.replace(request="tuned"), log)
+        levels.append((median, spec, initial.replace(**{k: getattr(tuned, k) for k in RETUNABLE})))
+    levels.sort(key=lambda lv: lv[0])
+    for (m0, a, _), (m1, b, _) in zip(levels, levels[1:], strict=False):
+        if m1 <= m0:
+            raise ValueError(f"size specs {a} and {b} have the same median ({m0:g} items)")
+    edges = tuple(math.sqrt(a[0] * b[0]) for a, b in zip(levels, levels[1:], strict=False))
+    return RegimeTable((), edges, {(0, i): cfg for i, (_, _, cfg) in enumerate(levels)})
 
 
 class OnlineTuning:

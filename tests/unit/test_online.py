@@ -51,3 +51,72 @@ def test_breach_moves_the_live_engine_and_is_recorded():
     assert moved, retuner.last_reason
     assert moved[0]["batch_size"] != 64 or moved[0]["merge_delay_ms"] != 1.0
     assert eng.config.batch_size == retuner.config.batch_size  # the engine follows
+
+
+def _cache_tuned(setup, knobs: dict) -> None:
+    """Store `knobs` as what `recsched tune` cached for this setup (its size mix)."""
+    from recsched.bench import calibrate
+    from recsched.bench.tune import cache_key_sizes
+    from recsched.bench.tuning import TuneCache, TuneResult
+    from recsched.config import preset
+    from recsched.sched.tuner import Measurement
+
+    start = preset("deeprecsched")
+    best = EngineConfig(**{**start.to_dict(), **knobs})
+    m = Measurement(qps=100.0, p_tail_ms=5.0, sla_ms=setup.sla_ms, met=True)
+    TuneCache(calibrate.cache_dir() / "tuned").put(
+        setup.adapter.name, setup.scale, setup.sla_ms, cache_key_sizes(setup, start),
+        TuneResult(best, m, [], runs=1, budget=1, wall_s=0.0),
+    )  # fmt: skip
+
+
+def test_size_regimes_hold_the_knobs_tuned_for_each_size_mix(tmp_path, monkeypatch):
+    import dataclasses
+
+    from recsched.bench.online import size_regimes
+    from recsched.bench.setup import Setup
+
+    monkeypatch.setenv("RECSCHED_CACHE", str(tmp_path))
+    ad = tiny_adapter()
+    s = Setup.make(ad.name, sla_ms=10.0, adapter=ad)
+    small = {"request": "dynamic", "batch_size": 256, "merge_delay_ms": 1.0, "lanes": 1}
+    large = {"request": "split", "batch_size": 128, "merge_delay_ms": 0.0}
+    _cache_tuned(dataclasses.replace(s, sizes="fixed:8"), small)
+    _cache_tuned(dataclasses.replace(s, sizes="lognormal:400:0.3"), large)
+    cfg = EngineConfig(request="dynamic", batch_size=64, lanes=2)
+    table = size_regimes(s, cfg, ["lognormal:400:0.3", "fixed:8"])  # sorted by median
+    assert table.load_edges == () and table.size_edges == pytest.approx((400**0.5 * 8**0.5,))
+    lo, hi = table.configs[(0, 0)], table.configs[(0, 1)]
+    assert (lo.request, lo.batch_size, lo.merge_delay_ms) == ("dynamic", 256, 1.0)
+    assert (hi.request, hi.batch_size, hi.merge_delay_ms) == ("split", 128, 0.0)
+    assert lo.lanes == hi.lanes == 2  # only what changes while serving (the tuned lanes: 1)
+    with pytest.raises(ValueError, match="two or more"):
+        size_regimes(s, cfg, ["fixed:8"])
+    with pytest.raises(ValueError, match="same median"):
+        size_regimes(s, cfg, ["fixed:8", "normal:8:1"])
+
+
+def test_a_size_shift_switches_the_live_engine_to_its_regime():
+    from recsched.sched.retune import RegimeTable
+
+    clock = ManualClock(100.0)
+    cfg = EngineConfig(request="dynamic", batch_size=256, merge_delay_ms=1.0, lanes=1)
+    big = cfg.replace(request="split", batch_size=128, merge_delay_ms=0.0)
+    table = RegimeTable((), (50.0,), {(0, 0): cfg, (0, 1): big})
+    with Engine(tiny_adapter(), cfg, clock=clock) as eng:
+        retuner = live_retuner(cfg, sla_ms=10.0, cores=2, table=table, window_s=2.0,
+                               min_samples=20, confirm_s=0.5)  # fmt: skip
+        online = OnlineTuning(eng, retuner, interval_s=3600)  # steps driven by the test
+        with online:
+            for i in range(600):  # 3 s of 8-item queries, then 3 s of 400-item ones, at 100 qps
+                clock.advance(0.01)
+                n = 8 if i < 300 else 400
+                online._observe(QueryResult(i, "default", n, clock.now() - 0.002, clock.now()))
+                if i % 10 == 0:
+                    online.step()
+                if i == 299:
+                    assert eng.config == cfg, online.history  # small queries: stays
+    reasons = [h["reason"] for h in online.history]
+    assert reasons == ["regime"], online.history
+    assert 3.0 < online.history[0]["t_s"] < 5.0  # after the shift, once the median moved
+    assert eng.config == big
