@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--large", default="lognormal:400:0.3", help="size spec of the large phases")
     ap.add_argument("--small", default="fixed:8", help="size spec of the small phase")
     ap.add_argument("--large-qps", type=float, default=150.0)
-    ap.add_argument("--small-qps", type=float, default=3000.0)
+    ap.add_argument("--small-qps", type=float, default=2500.0)
     ap.add_argument("--phase-s", type=float, default=10.0)
     ap.add_argument("--start", default="split:1024", help="request:B the runs start from")
     ap.add_argument("--seed", type=int, default=0)
