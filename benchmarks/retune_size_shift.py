@@ -46,6 +46,18 @@ def write_trace(path: Path, phases: list[tuple[str, str, float, float]], seed: i
     return len(rows)
 
 
+def per_second(r: dict, phase_s: float, phases: int) -> list[tuple[float, float]]:
+    """Per phase: the median and the worst of its seconds' p95 (of the phase's own class),
+    from the run's `timeline` (per class, per second of scheduled arrival)."""
+    rows = [row for rows in r["timeline"].values() for row in rows if row[1] > 0]
+    out = []
+    for i in range(phases):
+        p = [row[2] for row in rows if i * phase_s <= row[0] < (i + 1) * phase_s]
+        p = [x for x in p if x == x]
+        out.append((float(np.median(p)), float(max(p))) if p else (float("nan"),) * 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="rmc1")
@@ -65,7 +77,7 @@ def main() -> None:
         ("large", a.large, a.large_qps, a.phase_s),
     ]
     request, batch = a.start.split(":")
-    out: dict = {"argv": sys.argv[1:], "phases": phases, "runs": {}}
+    out: dict = {"argv": sys.argv[1:], "phases": phases, "runs": {}, "per_second": {}}
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "size_shift.csv"
         n = write_trace(trace, phases, a.seed)
@@ -92,6 +104,11 @@ def main() -> None:
                 f"{c} p95 {v['latency_ms']['p95']:.1f} ms, p99 {v['latency_ms']['p99']:.1f} ms "
                 f"({v['queries']} queries, {v['errors']} errors)"
                 for c, v in r["classes"].items()
+            ))  # fmt: skip
+            per_s = per_second(r, a.phase_s, len(phases))
+            out["per_second"][name] = per_s
+            print("  per-second p95 by phase (median / worst): " + "; ".join(
+                f"{i + 1} {phases[i][0]} {m:.1f} / {w:.1f} ms" for i, (m, w) in enumerate(per_s)
             ))  # fmt: skip
             for sw in r.get("retune", {}).get("switches", []):
                 print(

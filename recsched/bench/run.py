@@ -387,6 +387,8 @@ def bench_once(
         sla_ms=sla_ms,
         percentile=percentile,
     )
+    # per class, per second of scheduled arrival: [start_s, queries, the SLA percentile's ms]
+    out["timeline"] = rec.log.timeline(1.0, percentile)
     if retune is not None:
         out["retune"] = {"switches": online.history, "final": engine.config.to_dict()}
     return out

@@ -39,6 +39,11 @@ def test_bench_once_serves_every_query(name):
     m = r["machine_cpu"]  # the machine's CPU shares over the run (None off Linux)
     assert m is None or (set(m) == {"busy", "idle", "steal"} and sum(m.values()) <= 1.0 + 1e-9)
     assert r["cost_core_s_per_1k"] > 0
+    # per class, per second of arrivals: every query in one second, tails within the run's
+    for c, rows in r["timeline"].items():
+        assert sum(q for _, q, _ in rows) == r["classes"][c]["queries"]
+        assert [t for t, _, _ in rows] == [float(i) for i in range(len(rows))]
+        assert all(p <= r["classes"][c]["latency_ms"]["max"] for _, q, p in rows if q)
 
 
 def test_a_run_that_cannot_meet_its_sla_stops_once_that_is_decided():
