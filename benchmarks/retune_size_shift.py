@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--phase-s", type=float, default=10.0)
     ap.add_argument("--start", default="split:1024", help="request:B the runs start from")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--order", default="fixed,retune,retune-sizes", help="the runs, in order")
     ap.add_argument("--json")
     a = ap.parse_args()
     phases = [
@@ -93,7 +94,8 @@ def main() -> None:
             "retune": ["--retune"],
             "retune-sizes": ["--retune-sizes", f"{a.small},{a.large}"],
         }
-        for name, extra in variants.items():
+        for name in a.order.split(","):
+            extra = variants[name]
             path = Path(tmp) / f"{name}.json"
             cmd = [*base, *extra, "--json", str(path)]
             print("$", " ".join(cmd), flush=True)

@@ -325,9 +325,9 @@ def _online(s, cfg, percentile: float, size_specs: str | None = None):
         )
 
     def make(engine):
-        if engine.config != cfg:
-            engine.reconfigure(cfg)
         retuner = live_retuner(cfg, sla_ms, os.cpu_count() or 1, table=table, percentile=percentile)
+        if engine.config != retuner.config:
+            engine.reconfigure(retuner.config)
         return OnlineTuning(engine, retuner)
 
     return make

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from recsched.config import EngineConfig
 from recsched.engine import RETUNABLE, Engine
 from recsched.sched.retune import LocalStepper, OnlineRetuner, RegimeTable
-from recsched.sched.tuner import default_space
+from recsched.sched.tuner import Knob, TuningSpace, default_space
 from recsched.types import QueryResult
 from recsched.workload.sizes import parse_sizes
 
@@ -30,8 +30,22 @@ if TYPE_CHECKING:
 
 
 def request_stepper(cores: int, max_batch: int = 1024) -> LocalStepper:
-    """Local steps over the knobs that change while serving: batch size, then merge delay."""
-    return LocalStepper(default_space(cores, False, max_batch), ("batch_size", "merge_delay_ms"))
+    """Local steps over the knobs that change while serving: batch size, then whether queries
+    are merged (`split` or `dynamic`), then the merge delay, which `split` never waits (as in
+    `recsched tune`'s space: a step there would change nothing). From `split`, merging is one
+    step away: what small queries need (rmc1, 8-item queries: 2.2x the throughput)."""
+    space = default_space(cores, False, max_batch)
+    knobs = [k for k in space.knobs if k.name in ("batch_size", "merge_delay_ms")]
+    knobs.insert(1, Knob("request", ("split", "dynamic")))
+    base = space.constraint
+
+    def fits(c: EngineConfig) -> bool:
+        no_idle_delay = c.request != "split" or c.merge_delay_ms == 0.0
+        return no_idle_delay and (base is None or base(c))
+
+    return LocalStepper(
+        TuningSpace(tuple(knobs), fits), ("batch_size", "request", "merge_delay_ms")
+    )
 
 
 def live_retuner(
@@ -45,8 +59,12 @@ def live_retuner(
     `table` configurations must differ from `initial` in `RETUNABLE` fields only.
 
     Serving defaults react within seconds: a 4 s window, 2 s dwell after a switch, 1 s of
-    sustained breach before a step (override any `OnlineRetuner` option)."""
+    sustained breach before a step (override any `OnlineRetuner` option). A `split`
+    configuration's merge delay, which it never waits, is read as 0 (the retuner's `config`:
+    what to start the engine with)."""
     opts = {"window_s": 4.0, "min_dwell_s": 2.0, "breach_sustain_s": 1.0, **options}
+    if initial.request == "split":
+        initial = initial.replace(merge_delay_ms=0.0)
     return OnlineRetuner(initial, sla_ms, table=table, stepper=request_stepper(cores), **opts)
 
 

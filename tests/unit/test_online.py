@@ -120,3 +120,25 @@ def test_a_size_shift_switches_the_live_engine_to_its_regime():
     assert reasons == ["regime"], online.history
     assert 3.0 < online.history[0]["t_s"] < 5.0  # after the shift, once the median moved
     assert eng.config == big
+
+
+def test_live_steps_reach_merging_from_split_and_never_wait_on_split():
+    from recsched.bench.online import request_stepper
+
+    stepper = request_stepper(cores=2)
+    cfg = EngineConfig(request="split", batch_size=1024, merge_delay_ms=0.0, lanes=2)
+    seen = []
+    while (step := stepper.propose(cfg)) is not None:  # every move rejected in turn
+        seen.append((step.request, step.batch_size, step.merge_delay_ms))
+        stepper.reject()
+    assert seen == [("split", 512, 0.0), ("dynamic", 1024, 0.0)]  # no merge delay on split
+    stepper.reset()
+    dyn = cfg.replace(request="dynamic")
+    moves = []
+    while (step := stepper.propose(dyn)) is not None:
+        moves.append((step.request, step.batch_size, step.merge_delay_ms))
+        stepper.reject()
+    assert ("dynamic", 1024, 0.5) in moves and ("split", 1024, 0.0) in moves
+    # a split configuration's unused merge delay is read as 0, so its steps are not blocked
+    retuner = live_retuner(cfg.replace(merge_delay_ms=1.0), sla_ms=10.0, cores=2)
+    assert retuner.config.merge_delay_ms == 0.0
