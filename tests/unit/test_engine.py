@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from recsched.clock import ManualClock
 from recsched.config import EngineConfig
 from recsched.engine import Engine, EngineClosed, QueryFailed, QueueFull
 from recsched.models.base import InputSpec, ModelAdapter
@@ -72,6 +73,24 @@ def test_scores_match_eager_in_item_order(cfg):
     assert eng.completed == len(sizes) and eng.rejected == 0
 
 
+@pytest.mark.parametrize(
+    "cfg", [EngineConfig(request="split", batch_size=3), EngineConfig(request="whole", lanes=1)]
+)
+def test_in_order_reassembly_on_a_manual_clock(cfg):
+    """Pieces of one query finish on two lanes in any order; scores come back in item order,
+    and the query's latency runs from its scheduled arrival on the engine's clock."""
+    ad = tiny_adapter()
+    clock = ManualClock(10.0)
+    done = []
+    x = ad.make_inputs(11, 3)
+    with Engine(ad, cfg, clock=clock, on_complete=done.append) as eng:
+        got = eng.submit(Query(0, "tiny", 11, arrival_s=9.5), x).result(timeout=10)
+    with torch.inference_mode():
+        torch.testing.assert_close(got, ad.module(x))
+    assert eng.core.operator.batches_in == (4 if cfg.request == "split" else 1)
+    assert [(r.qid, r.arrival_s, r.done_s) for r in done] == [(0, 9.5, 10.0)]
+
+
 class Gated(nn.Module):
     """Tiny, but each forward waits for a gate: lets a test hold a lane busy. Served eager
     (`compiled=False`): tracing it would wait for the gate."""
@@ -86,12 +105,14 @@ class Gated(nn.Module):
         return self.inner(x)
 
 
-def test_bounded_queue_rejects_at_once():
+@pytest.mark.parametrize("manual", [False, True])
+def test_bounded_queue_rejects_at_once(manual):
     ad = tiny_adapter()
     ad.module = Gated(ad.module)
     x = ad.make_inputs(1, 0)
     cfg = EngineConfig(request="whole", lanes=1, queue_capacity=2, compiled=False)
-    with Engine(ad, cfg) as eng:
+    clock = ManualClock(5.0) if manual else None  # the bound holds whatever the clock says
+    with Engine(ad, cfg, clock=clock) as eng:
         held = [eng.submit(Query(i, "tiny", 1), x) for i in (1, 2)]  # one runs, one waits
         extra = eng.submit(Query(3, "tiny", 1), x)
         assert isinstance(extra.exception(timeout=1), QueueFull)
