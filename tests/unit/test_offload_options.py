@@ -231,13 +231,13 @@ def test_tune_searches_the_threshold_only_with_an_accelerator(
 
     fake = _Surface()
     accel = {"offload_threshold": 64, "accel_lanes": 2}
-    doc = tune_mod.tune(fake, budget=2, duration=0.1, **accel)  # type: ignore[arg-type]
+    doc = tune_mod.tune(fake, budget=2, duration=0.1, refresh=True, **accel)  # type: ignore[arg-type]
     assert spaces[-1] is True
     assert fake.configs[0].offload_threshold == 64 and fake.configs[0].accel_lanes == 2
     assert doc["trajectory"][0]["config"]["offload_threshold"] == 64
 
     monkeypatch.setattr(recsched.engine, "cuda_available", lambda: True)
-    tune_mod.tune(_Surface(), budget=2, duration=0.1)  # type: ignore[arg-type]
+    tune_mod.tune(_Surface(), budget=2, duration=0.1, refresh=True)  # type: ignore[arg-type]
     assert spaces[-1] is True
-    tune_mod.tune(_Surface(), budget=2, duration=0.1, operator="opstream")  # type: ignore[arg-type]
+    tune_mod.tune(_Surface(), budget=2, duration=0.1, operator="opstream", refresh=True)  # type: ignore[arg-type]
     assert spaces[-1] is False  # accelerator lanes run whole-model tasks only

@@ -635,7 +635,7 @@ def test_tune_early_stop_spends_fewer_runs_and_finds_the_same_best(monkeypatch, 
     out = {}
     for early in (False, True):
         fake = _FakeSetup()
-        doc = tune(fake, budget=8, duration=0.1, early_stop=early)  # type: ignore[arg-type]
+        doc = tune(fake, budget=8, duration=0.1, early_stop=early, refresh=True)  # type: ignore[arg-type]
         best = {k: doc["best"][k] for k in ("batch_size", "order", "merge_delay_ms", "lanes")}
         out[early] = (fake.runs, best, doc)
     (runs_full, best_full, _), (runs_early, best_early, doc) = out[False], out[True]
