@@ -14,7 +14,10 @@ which is noise at high load and stale at low load):
   judged on its own queries only): a tail above the SLA by `breach_margin` for
   `breach_sustain_s` triggers a local hill-climb step (`LocalStepper`), kept if the tail
   improved (or met the SLA) and reverted otherwise; the next step then goes the other way
-  (both directions), then to the next knob.
+  (both directions), then to the next knob. Under a backlog (a tail over `backlog_x` x the
+  SLA) the queries judged after a step still wait behind the work queued before it, so the
+  latency trend of the completions under the config in force decides instead: falling, the
+  step is kept, and no further step is taken while the backlog drains.
 
 Against flapping: hysteresis on the regime edges, a regime must hold for `confirm_s` before
 it counts, and a minimum dwell time after every switch. Every branch of `decide` has a name
@@ -45,8 +48,10 @@ REASONS = (
     "regime_same",  # a new regime held, but its configuration is the current one
     "probe_wait",  # a local step is on trial: too few queries since the switch
     "probe_keep",  # the local step improved the tail (or met the SLA): keep it
+    "probe_drain",  # under a backlog, the tail lags but the backlog drains: keep the step
     "probe_revert",  # the local step did not help: go back
     "breach_wait",  # tail over the SLA, not for long enough yet
+    "drain_wait",  # tail over the SLA from a backlog that is draining: no step meanwhile
     "breach_step",  # tail over the SLA for breach_sustain_s: take a local step
     "breach_exhausted",  # tail over the SLA, but no local step is left to try
     "steady",  # nothing to do
@@ -64,6 +69,11 @@ class WindowStats:
     p90_items: float
     n_since_switch: int  # queries in the window that arrived after the last switch
     p_tail_ms: float  # their tail latency (nan if none)
+    # how the latency of the queries completed since the last switch moves with time (s per
+    # s, least squares): below 0 a backlog drains; nan with fewer than two of them
+    trend: float = math.nan
+    trend_se: float = math.nan  # its standard error
+    trend_span_s: float = 0.0  # the time those completions span
 
 
 def level(value: float, edges: Sequence[float], current: int | None, hysteresis: float) -> int:
@@ -228,6 +238,9 @@ class OnlineRetuner:
         breach_sustain_s: float = 2.0,
         probe_tol: float = 0.05,
         size_stat: str = "median_items",
+        backlog_x: float = 2.0,
+        drain_frac: float = 0.25,
+        drain_rate: float = 0.01,
     ) -> None:
         assert table is not None or stepper is not None, "give a regime table or a stepper"
         assert size_stat in ("median_items", "p90_items")
@@ -246,6 +259,9 @@ class OnlineRetuner:
         self.breach_margin = breach_margin
         self.breach_sustain_s = breach_sustain_s
         self.probe_tol = probe_tol
+        self.backlog_x = backlog_x
+        self.drain_frac = drain_frac
+        self.drain_rate = drain_rate
         self.size_stat = size_stat
         self.regime: tuple[int, int] | None = None
         self.last_reason: str | None = None
@@ -284,8 +300,15 @@ class OnlineRetuner:
         span = min(self.window_s, now - (self._first_t if self._first_t is not None else now))
         items = np.fromiter(o.items, dtype=float, count=n)
         lat = np.fromiter(o.lat, dtype=float, count=n)
+        t = np.fromiter(o.t, dtype=float, count=n)  # completion times, in order
+        since = 0 if self._switch_t is None else int(np.searchsorted(t, self._switch_t, "right"))
+        trend, trend_se, span = math.nan, math.nan, 0.0
+        if n - since >= 4 and t[-1] > t[since]:  # completed under the config in force
+            coef, cov = np.polyfit(t[since:] - t[since], lat[since:], 1, cov=True)
+            trend, trend_se = float(coef[0]), float(math.sqrt(max(cov[0, 0], 0.0)))
+            span = float(t[-1] - t[since])
         if self._switch_t is not None:  # judge a config on queries that arrived under it
-            lat = lat[np.fromiter(o.t, dtype=float, count=n) - lat >= self._switch_t]
+            lat = lat[t - lat >= self._switch_t]
         tail = float(np.percentile(lat, self.percentile)) * 1e3 if lat.size else math.nan
         return WindowStats(
             n=n,
@@ -294,6 +317,9 @@ class OnlineRetuner:
             p90_items=float(np.percentile(items, 90)),
             n_since_switch=int(lat.size),
             p_tail_ms=tail,
+            trend=trend,
+            trend_se=trend_se,
+            trend_span_s=span,
         )
 
     # -- decision -------------------------------------------------------------------------
@@ -353,8 +379,24 @@ class OnlineRetuner:
         if s.p_tail_ms <= probe.before_ms * (1 - self.probe_tol) or s.p_tail_ms <= self.sla_ms:
             stepper.accept()
             return "probe_keep", None
+        if probe.before_ms > self.backlog_x * self.sla_ms and self._draining(s, probe.before_ms):
+            stepper.accept()
+            return "probe_drain", None
         stepper.reject()
         return "probe_revert", probe.previous
+
+    def _draining(self, s: WindowStats, tail_ms: float) -> bool:
+        """Whether the completions under the config in force show a backlog going down: their
+        latency falls, beyond its noise (3 standard errors of the slope) and at least
+        `drain_rate` (seconds of latency per second: a backlog worth the name; warming caches or
+        a drifting machine move latencies far slower), by at least `drain_frac` of `tail_ms`
+        over the time they span. The
+        queries judged after a step wait behind the work queued before it, so under a backlog
+        their tail lags what the step did; this is what the step does now."""
+        drop_ms = -s.trend * s.trend_span_s * 1e3
+        if math.isnan(s.trend) or s.trend > -max(3.0 * s.trend_se, self.drain_rate):
+            return False
+        return drop_ms >= self.drain_frac * tail_ms
 
     def _breach(self, now: float, s: WindowStats) -> tuple[str, EngineConfig | None]:
         over = s.n_since_switch >= self.min_samples and s.p_tail_ms > self.sla_ms * (
@@ -363,6 +405,9 @@ class OnlineRetuner:
         if not over:
             self._breach_since = None
             return "steady", None
+        if s.p_tail_ms > self.backlog_x * self.sla_ms and self._draining(s, s.p_tail_ms):
+            self._breach_since = None
+            return "drain_wait", None
         if self._breach_since is None:
             self._breach_since = now
         if now - self._breach_since < self.breach_sustain_s:

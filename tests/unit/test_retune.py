@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -199,6 +200,66 @@ def test_local_stepper_moves() -> None:
     assert st.propose(c) == c.replace(batch_size=512)
 
 
+class Queue:
+    """One FIFO server at a constant arrival rate whose service rate depends on the config in
+    force when a query starts: past its capacity a backlog builds, and queries arriving after
+    a faster config takes over still wait behind it."""
+
+    def __init__(self, rate: float, capacity: dict[int, float]) -> None:
+        self.rate, self.capacity = rate, capacity
+
+    def run(self, rt: OnlineRetuner, until: float, tick: float = 0.25) -> list[str]:
+        waiting: deque[float] = deque()  # arrival times
+        reasons, now, t_next, free_at = [], 0.0, 0.0, 0.0
+        while now < until:
+            now += tick
+            while True:  # serve and admit in time order up to now
+                start = max(free_at, waiting[0]) if waiting else math.inf
+                if t_next <= min(start, now):
+                    waiting.append(t_next)
+                    t_next += 1.0 / self.rate
+                elif start <= now:
+                    free_at = start + 1.0 / self.capacity[rt.config.batch_size]
+                    arrived = waiting.popleft()
+                    rt.observe(free_at, free_at - arrived, 20)
+                else:
+                    break
+            rt.decide(now)
+            reasons.append(rt.last_reason)
+        SEEN.update(reasons)
+        return reasons
+
+
+def backlog_run(rate: float, c64: float, c128: float, **options: float):
+    cap = {16: 20.0, 32: 30.0, 64: c64, 128: c128, 256: 60.0}
+    rt = OnlineRetuner(A, sla_ms=50.0, stepper=LocalStepper(SPACE), window_s=4.0,
+                       min_dwell_s=2.0, breach_sustain_s=1.0, **options)  # fmt: skip
+    reasons = Queue(rate, cap).run(rt, until=40.0)
+    return [(r, c.batch_size) for _, r, c in rt.switches], reasons
+
+
+def test_under_a_backlog_a_step_that_drains_it_is_kept() -> None:
+    """100 qps into a config that serves 90: a backlog. The step to one that serves 105 drains
+    it, but the queries arriving after the step wait behind the backlog, so their tail is no
+    better when the step is judged; judged by the tail alone it was reverted."""
+    switches, reasons = backlog_run(100.0, 90.0, 105.0)
+    assert switches == [("breach_step", 128)] and "probe_drain" in reasons
+    assert reasons[-1] == "steady"
+    switches, reasons = backlog_run(100.0, 90.0, 105.0, backlog_x=math.inf)  # tail alone
+    assert switches[:2] == [("breach_step", 128), ("probe_revert", 64)]
+    assert reasons[-1] == "breach_exhausted"
+
+
+def test_no_further_step_while_a_backlog_drains() -> None:
+    """96 qps into 90, the step to 110 kept: while the backlog it left drains, the tail is
+    still over the SLA; further steps then (as before) walked away from the good config."""
+    switches, reasons = backlog_run(96.0, 90.0, 110.0)
+    assert switches == [("breach_step", 128)] and "drain_wait" in reasons
+    assert reasons[-1] == "steady"
+    switches, reasons = backlog_run(96.0, 90.0, 110.0, backlog_x=math.inf)
+    assert ("breach_step", 256) in switches and reasons[-1] == "breach_exhausted"
+
+
 def test_every_branch_is_reachable() -> None:
     rt = OnlineRetuner(A, sla_ms=50.0, table=TABLE, window_s=10.0)
     assert rt.decide(0.0) is None and rt.last_reason == "warmup"
@@ -213,4 +274,6 @@ def test_every_branch_is_reachable() -> None:
         test_breach_step_up_is_kept()
         test_breach_step_reverts_then_tries_the_other_direction()
         test_breach_with_no_step_left()
+        test_under_a_backlog_a_step_that_drains_it_is_kept()
+        test_no_further_step_while_a_backlog_drains()
     assert set(REASONS) <= SEEN, set(REASONS) - SEEN
