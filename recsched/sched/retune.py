@@ -165,6 +165,7 @@ class LocalStepper:
 
     def reset(self) -> None:
         self._pos = 0  # index into the (knob, direction) moves: the next one to try
+        self._kept: set[tuple[int, int]] = set()  # moves accepted since the reset
 
     def _moves(self) -> list[tuple[int, int]]:
         return [(ki, d) for ki in self.order for d in (+1, -1)]
@@ -175,6 +176,9 @@ class LocalStepper:
         key = self.space.key(config)
         while self._pos < len(moves):
             ki, d = moves[self._pos]
+            if (ki, -d) in self._kept:  # it would undo a step that helped
+                self._pos += 1
+                continue
             knob = self.space.knobs[ki]
             i = knob.index_of(key[ki]) + d
             if 0 <= i < len(knob.values):
@@ -185,7 +189,10 @@ class LocalStepper:
         return None
 
     def accept(self) -> None:
-        """The last step helped: the next one goes the same way."""
+        """The last step helped: the next one goes the same way (never back)."""
+        moves = self._moves()
+        if self._pos < len(moves):
+            self._kept.add(moves[self._pos])
 
     def reject(self) -> None:
         """The last step did not help: next time, the next move (other direction/next knob)."""
@@ -200,6 +207,7 @@ class LocalStepper:
 class _Probe:
     previous: EngineConfig
     before_ms: float
+    before_trend: float = math.nan  # the latency trend under the previous config
 
 
 @dataclass
@@ -379,24 +387,34 @@ class OnlineRetuner:
         if s.p_tail_ms <= probe.before_ms * (1 - self.probe_tol) or s.p_tail_ms <= self.sla_ms:
             stepper.accept()
             return "probe_keep", None
-        if probe.before_ms > self.backlog_x * self.sla_ms and self._draining(s, probe.before_ms):
+        backlog = probe.before_ms > self.backlog_x * self.sla_ms
+        drop_ms = self.drain_frac * probe.before_ms
+        if backlog and (self._draining(s, drop_ms) or self._slower_growth(s, probe)):
             stepper.accept()
             return "probe_drain", None
         stepper.reject()
         return "probe_revert", probe.previous
 
-    def _draining(self, s: WindowStats, tail_ms: float) -> bool:
+    def _draining(self, s: WindowStats, drop_ms: float = 0.0) -> bool:
         """Whether the completions under the config in force show a backlog going down: their
-        latency falls, beyond its noise (3 standard errors of the slope) and at least
+        latency falls beyond its noise (3 standard errors of the slope), by at least
         `drain_rate` (seconds of latency per second: a backlog worth the name; warming caches or
-        a drifting machine move latencies far slower), by at least `drain_frac` of `tail_ms`
-        over the time they span. The
-        queries judged after a step wait behind the work queued before it, so under a backlog
-        their tail lags what the step did; this is what the step does now."""
-        drop_ms = -s.trend * s.trend_span_s * 1e3
+        a drifting machine move latencies far slower) and by `drop_ms` over the time they
+        span. The queries judged after a step wait behind the work queued before it, so under
+        a backlog their tail lags what the step did; this is what the config does now."""
         if math.isnan(s.trend) or s.trend > -max(3.0 * s.trend_se, self.drain_rate):
             return False
-        return drop_ms >= self.drain_frac * tail_ms
+        return -s.trend * s.trend_span_s * 1e3 >= drop_ms
+
+    def _slower_growth(self, s: WindowStats, probe: _Probe) -> bool:
+        """Whether a backlog that grew under the previous config grows markedly slower under
+        this one (by `drain_frac` of its growth, at least `drain_rate`, beyond 3 standard
+        errors): it serves faster, though not yet faster than the queries arrive."""
+        before, after = probe.before_trend, s.trend
+        if math.isnan(before) or math.isnan(after) or before <= 0:
+            return False
+        cut = before - after
+        return cut >= max(self.drain_frac * before, self.drain_rate, 3.0 * s.trend_se)
 
     def _breach(self, now: float, s: WindowStats) -> tuple[str, EngineConfig | None]:
         over = s.n_since_switch >= self.min_samples and s.p_tail_ms > self.sla_ms * (
@@ -405,7 +423,7 @@ class OnlineRetuner:
         if not over:
             self._breach_since = None
             return "steady", None
-        if s.p_tail_ms > self.backlog_x * self.sla_ms and self._draining(s, s.p_tail_ms):
+        if s.p_tail_ms > self.backlog_x * self.sla_ms and self._draining(s):
             self._breach_since = None
             return "drain_wait", None
         if self._breach_since is None:
@@ -415,5 +433,5 @@ class OnlineRetuner:
         step = self.stepper.propose(self.config) if self.stepper is not None else None
         if step is None:
             return "breach_exhausted", None
-        self._probe = _Probe(previous=self.config, before_ms=s.p_tail_ms)
+        self._probe = _Probe(self.config, s.p_tail_ms, s.trend)
         return "breach_step", step

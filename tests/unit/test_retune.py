@@ -252,12 +252,26 @@ def test_under_a_backlog_a_step_that_drains_it_is_kept() -> None:
 
 def test_no_further_step_while_a_backlog_drains() -> None:
     """96 qps into 90, the step to 110 kept: while the backlog it left drains, the tail is
-    still over the SLA; further steps then (as before) walked away from the good config."""
+    still over the SLA; without the rule a further step is tried meanwhile (and judged while
+    the backlog still drains)."""
     switches, reasons = backlog_run(96.0, 90.0, 110.0)
     assert switches == [("breach_step", 128)] and "drain_wait" in reasons
     assert reasons[-1] == "steady"
     switches, reasons = backlog_run(96.0, 90.0, 110.0, backlog_x=math.inf)
-    assert ("breach_step", 256) in switches and reasons[-1] == "breach_exhausted"
+    assert switches[:2] == [("breach_step", 128), ("breach_step", 256)]
+
+
+def test_a_kept_step_is_not_undone_by_the_next() -> None:
+    """Accepted moves go on the same way; the opposite move of the same knob would undo one
+    that helped (a two-valued knob, split -> dynamic, had the next proposal go back)."""
+    space = TuningSpace((Knob("request", ("split", "dynamic")), Knob("batch_size", (64, 128))))
+    st = LocalStepper(space)
+    c = BASE.replace(request="split", batch_size=64)
+    step = st.propose(c)
+    assert step is not None and step.request == "dynamic"
+    st.accept()
+    nxt = st.propose(step)
+    assert nxt is not None and nxt.request == "dynamic" and nxt.batch_size == 128
 
 
 def test_every_branch_is_reachable() -> None:
