@@ -20,10 +20,10 @@ from recsched.bench import calibrate
 from recsched.bench import tune as tune_mod
 from recsched.bench.setup import Setup, default_lanes
 from recsched.bench.tune import AUTO_BUDGET, AUTO_DURATION_S, TUNED_FIELDS, cache_key_sizes
-from recsched.bench.tuning import TuneCache, TuneResult
+from recsched.bench.tuning import TuneCache
 from recsched.cli import app
 from recsched.config import EngineConfig, preset
-from recsched.sched.tuner import Measurement
+from tests.tuned import cache_tuned
 
 MODEL = "ncf"  # the smallest model: quick to load, profile and simulate
 SLA_MS = 20.0  # fixed, so no command measures the model's latency alone for `--sla-x`
@@ -82,14 +82,6 @@ def invoke(*args: str) -> str:
     assert res.exit_code == 0, res.output
     # rich wraps long lines and captions; table cells are read without their borders
     return " ".join(res.output.replace("│", " ").split())
-
-
-def put(setup: Setup, config: EngineConfig, qps: float = 123.0) -> None:
-    """`config` cached as the tuned one for `setup` (as `recsched tune` stores it)."""
-    result = TuneResult(config, Measurement(qps, 5.0, setup.sla_ms, True), [], 3, 8, 0.0)
-    key = cache_key_sizes(setup, preset("deeprecsched"))
-    tuned = TuneCache(calibrate.cache_dir() / "tuned")
-    tuned.put(setup.adapter.name, setup.scale, setup.sla_ms, key, result)
 
 
 def knobs(config: dict | EngineConfig) -> dict[str, Any]:
@@ -207,7 +199,7 @@ def test_tune_caches_its_best_and_compare_then_serves_it_without_tuning(tmp_path
 def test_capacity_of_the_tuned_preset_runs_the_cached_knobs(tmp_path, no_tuning):
     """The CLI passes None for options not given (`--lanes`, `--threads-per-lane`): they must
     not keep the cached lanes and threads from the tuned configuration."""
-    put(Setup.make(MODEL, sla_ms=SLA_MS, sim=True), CACHED)
+    cache_tuned(Setup.make(MODEL, sla_ms=SLA_MS, sim=True), CACHED)
     out = tmp_path / "cap.json"
     text = invoke("capacity", MODEL, "--preset", "deeprecsched", *SIM, "--json", str(out))
     cap = json.loads(out.read_text())
@@ -222,7 +214,7 @@ def test_capacity_of_the_tuned_preset_runs_the_cached_knobs(tmp_path, no_tuning)
 
 def test_a_cached_configuration_is_used_without_tuning(no_tuning):
     s = Setup.make(MODEL, sla_ms=SLA_MS)
-    put(s, CACHED)
+    cache_tuned(s, CACHED)
     cfg = s.config("deeprecsched")
     assert knobs(cfg) == knobs(CACHED) and cfg.operator == "sequential"
     # what the CLI passes when an option is not given: no override
@@ -246,7 +238,7 @@ def test_a_miss_tunes_once_and_stores_what_it_found(monkeypatch):
 
     def fake_tune(setup: Setup, **kw: Any) -> dict:  # stores its best, as `tune` does
         calls.append((setup, kw))
-        put(setup, tuned_best, qps=77.0)
+        cache_tuned(setup, tuned_best, qps=77.0)
         return {}
 
     monkeypatch.setattr(tune_mod, "tune", fake_tune)
@@ -269,7 +261,7 @@ def test_a_miss_tunes_once_and_stores_what_it_found(monkeypatch):
 
 
 def test_tune_without_refresh_reuses_a_cached_configuration(monkeypatch, tmp_path):
-    put(Setup.make(MODEL, sla_ms=SLA_MS, sim=True), CACHED)
+    cache_tuned(Setup.make(MODEL, sla_ms=SLA_MS, sim=True), CACHED)
 
     def no_climb(*args: Any, **kw: Any) -> Any:
         raise AssertionError("tuned again although a configuration was cached")

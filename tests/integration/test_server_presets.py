@@ -9,15 +9,13 @@ import httpx
 import pytest
 
 from recsched.bench.setup import Setup
-from recsched.bench.tune import cache_key_sizes
-from recsched.bench.tuning import TuneCache, TuneResult
-from recsched.config import EngineConfig, preset
+from recsched.config import preset
 from recsched.graph.cost import CostModel
-from recsched.sched.tuner import Measurement
 from recsched.server.app import BackgroundServer, RecschedServer, ServerConfig
 from recsched.server.cli import preset_resolver
 from tests.byo_model import make_deepfm
 from tests.integration.test_server import body_for, tiny_adapter
+from tests.tuned import cache_tuned
 
 SLA_MS = 50.0
 TUNED = {"request": "split", "batch_size": 64, "merge_delay_ms": 0.0, "order": "size"}
@@ -29,17 +27,9 @@ def cache(tmp_path, monkeypatch):
     return tmp_path
 
 
-def put_tuned(adapter, knobs: dict, classes: str | None = None) -> None:
+def put_tuned(adapter, knobs: dict) -> None:
     """Store `knobs` as the tuned configuration `recsched tune` would have cached."""
-    s = Setup.make(adapter.name, classes=classes, sla_ms=SLA_MS, adapter=adapter)
-    start = preset("deeprecsched")
-    best = EngineConfig(**{**start.to_dict(), **knobs})
-    m = Measurement(qps=123.0, p_tail_ms=40.0, sla_ms=SLA_MS, met=True)
-    result = TuneResult(best, m, [], runs=1, budget=1, wall_s=0.0)
-    from recsched.bench import calibrate
-
-    cache = TuneCache(calibrate.cache_dir() / "tuned")
-    cache.put(adapter.name, s.scale, SLA_MS, cache_key_sizes(s, start), result)
+    cache_tuned(Setup.make(adapter.name, sla_ms=SLA_MS, adapter=adapter), knobs)
 
 
 def test_resolver_serves_the_tuned_knobs_and_refuses_a_miss(cache):

@@ -9,6 +9,7 @@ from recsched.clock import ManualClock
 from recsched.config import EngineConfig
 from recsched.engine import Engine
 from recsched.types import Query, QueryResult
+from tests.tuned import cache_tuned
 from tests.unit.test_engine import tiny_adapter
 
 
@@ -53,23 +54,6 @@ def test_breach_moves_the_live_engine_and_is_recorded():
     assert eng.config.batch_size == retuner.config.batch_size  # the engine follows
 
 
-def _cache_tuned(setup, knobs: dict) -> None:
-    """Store `knobs` as what `recsched tune` cached for this setup (its size mix)."""
-    from recsched.bench import calibrate
-    from recsched.bench.tune import cache_key_sizes
-    from recsched.bench.tuning import TuneCache, TuneResult
-    from recsched.config import preset
-    from recsched.sched.tuner import Measurement
-
-    start = preset("deeprecsched")
-    best = EngineConfig(**{**start.to_dict(), **knobs})
-    m = Measurement(qps=100.0, p_tail_ms=5.0, sla_ms=setup.sla_ms, met=True)
-    TuneCache(calibrate.cache_dir() / "tuned").put(
-        setup.adapter.name, setup.scale, setup.sla_ms, cache_key_sizes(setup, start),
-        TuneResult(best, m, [], runs=1, budget=1, wall_s=0.0),
-    )  # fmt: skip
-
-
 def test_size_regimes_hold_the_knobs_tuned_for_each_size_mix(tmp_path, monkeypatch):
     import dataclasses
 
@@ -81,8 +65,8 @@ def test_size_regimes_hold_the_knobs_tuned_for_each_size_mix(tmp_path, monkeypat
     s = Setup.make(ad.name, sla_ms=10.0, adapter=ad)
     small = {"request": "dynamic", "batch_size": 256, "merge_delay_ms": 1.0, "lanes": 1}
     large = {"request": "split", "batch_size": 128, "merge_delay_ms": 0.0}
-    _cache_tuned(dataclasses.replace(s, sizes="fixed:8"), small)
-    _cache_tuned(dataclasses.replace(s, sizes="lognormal:400:0.3"), large)
+    cache_tuned(dataclasses.replace(s, sizes="fixed:8"), small)
+    cache_tuned(dataclasses.replace(s, sizes="lognormal:400:0.3"), large)
     cfg = EngineConfig(request="dynamic", batch_size=64, lanes=2)
     table = size_regimes(s, cfg, ["lognormal:400:0.3", "fixed:8"])  # sorted by median
     assert table.load_edges == () and table.size_edges == pytest.approx((400**0.5 * 8**0.5,))
