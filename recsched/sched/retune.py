@@ -310,11 +310,11 @@ class OnlineRetuner:
         lat = np.fromiter(o.lat, dtype=float, count=n)
         t = np.fromiter(o.t, dtype=float, count=n)  # completion times, in order
         since = 0 if self._switch_t is None else int(np.searchsorted(t, self._switch_t, "right"))
-        trend, trend_se, span = math.nan, math.nan, 0.0
+        trend, trend_se, trend_span = math.nan, math.nan, 0.0
         if n - since >= 4 and t[-1] > t[since]:  # completed under the config in force
             coef, cov = np.polyfit(t[since:] - t[since], lat[since:], 1, cov=True)
             trend, trend_se = float(coef[0]), float(math.sqrt(max(cov[0, 0], 0.0)))
-            span = float(t[-1] - t[since])
+            trend_span = float(t[-1] - t[since])
         if self._switch_t is not None:  # judge a config on queries that arrived under it
             lat = lat[t - lat >= self._switch_t]
         tail = float(np.percentile(lat, self.percentile)) * 1e3 if lat.size else math.nan
@@ -327,7 +327,7 @@ class OnlineRetuner:
             p_tail_ms=tail,
             trend=trend,
             trend_se=trend_se,
-            trend_span_s=span,
+            trend_span_s=trend_span,
         )
 
     # -- decision -------------------------------------------------------------------------

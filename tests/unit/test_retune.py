@@ -291,3 +291,18 @@ def test_every_branch_is_reachable() -> None:
         test_under_a_backlog_a_step_that_drains_it_is_kept()
         test_no_further_step_while_a_backlog_drains()
     assert set(REASONS) <= SEEN, set(REASONS) - SEEN
+
+
+def test_the_rate_is_the_windows_right_after_a_switch() -> None:
+    """The rate the regimes are classified by is the window's (queries / its span), also just
+    after a switch, when few queries have completed under the new configuration."""
+    rt = OnlineRetuner(A, sla_ms=50.0, stepper=LocalStepper(SPACE), window_s=4.0,
+                       min_dwell_s=1.0, breach_sustain_s=1.0)  # fmt: skip
+    now = 0.0
+    while not rt.switches:  # 50 qps of 90 ms queries: a breach, then a step
+        now += 0.02
+        rt.observe(now, 0.09, 20)
+        if round(now / 0.02) % 10 == 0:
+            rt.decide(now)
+        assert now < 30.0, "no step taken"
+    assert rt.stats(now).rate_qps == pytest.approx(50.0, rel=0.05)
