@@ -134,19 +134,6 @@ class Setup:
 
         return tuned_knobs(self, cfg, log, tune_on_miss=tune)
 
-    def serving(
-        self,
-        cfg: EngineConfig,
-        log: Log | None = None,
-        *,
-        tune: bool = True,
-        keep: Sequence[str] = (),
-    ) -> tuple[EngineConfig, dict[str, Any]]:
-        """What an engine serving `cfg` is built with: the resolved configuration (`resolve`)
-        and the `Engine` extras (`engine_extras`: graph and profiled cost model)."""
-        cfg = self.resolve(cfg, log, tune=tune, keep=keep)
-        return cfg, self.engine_extras(cfg)
-
     # -- engines ----------------------------------------------------------------------------
     def pool(self) -> InputPool:
         if self._pool is None:

@@ -89,7 +89,7 @@ class ServerConfig:
     `Engine` extras it needs, `(config, {"graph": .., "cost": ..})`, for a preset that names
     more than its fields: the `tuned` request knobs (the tuner's cache) and the profiled
     cost model of the operator-level policies (`recsched serve` wires
-    `recsched.bench.setup.Setup.serving`); called when a model is loaded and when it is
+    `recsched.server.cli.preset_resolver`); called when a model is loaded and when it is
     reconfigured (a ValueError there is the client's: 400). None: served as given.
     admission: `count` (engine places by count: the lowest class holds at most half the
     window) or `predicted` (by predicted work, `recsched.server.admission`: lower classes

@@ -63,9 +63,10 @@ def preset_resolver(
     keep: tuple[str, ...] = (),
 ) -> Callable[..., tuple[EngineConfig, dict[str, Any]]]:
     """`ServerConfig.configure` for `recsched serve`: a preset resolved as the measuring
-    commands resolve it (`recsched.bench.setup.Setup.serving`): the `tuned` request knobs
-    from the tuner's cache for this model, SLA (`--sla-ms`, else `--sla-x` 20 as `compare`)
-    and classes, and the profiled cost model of the operator-level policies. Presets with
+    commands resolve it (`recsched.bench.setup.Setup.resolve` and `engine_extras`): the
+    `tuned` request knobs from the tuner's cache for this model, SLA (`--sla-ms`, else
+    `--sla-x` 20 as `compare`) and classes, and the profiled cost model of the operator-level
+    policies. Presets with
     neither are served as given. It tunes on a cache miss only when called with
     `tune=True` (before serving); a model loaded or reconfigured later with no tuned
     configuration cached is refused (ValueError: 400), not tuned under live traffic.
@@ -87,7 +88,9 @@ def preset_resolver(
                 name, scale, seed, classes, sla_ms=sla_ms, adapter=adapter
             )  # fmt: skip
         log = (lambda m: console.print(f"  {name}: {m}")) if tune else None
-        return setups[name].serving(cfg, log, tune=tune, keep=keep)
+        s = setups[name]
+        cfg = s.resolve(cfg, log, tune=tune, keep=keep)
+        return cfg, s.engine_extras(cfg)
 
     return configure
 
