@@ -74,6 +74,17 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def offload_refused() -> str | None:
+    """Why the command line's `--offload-threshold` is refused here (no CUDA device), or
+    None where one exists."""
+    if cuda_available():
+        return None
+    return (
+        "--offload-threshold needs a CUDA device (torch.cuda.is_available() is False on this "
+        "machine); leave it unset to serve on CPU lanes"
+    )
+
+
 # What `Engine.reconfigure` may change while serving (the request level).
 RETUNABLE = ("request", "batch_size", "merge_delay_ms")
 

@@ -113,13 +113,10 @@ def _accel(
             "simulator path has no accelerator profile to model the accelerator lanes with; "
             "use `recsched simulate --offload-threshold T --accel-profile F`"
         )
-    from recsched.engine import cuda_available
+    from recsched.engine import offload_refused
 
-    if not cuda_available():
-        _fail(
-            "--offload-threshold needs a CUDA device (torch.cuda.is_available() is False on "
-            "this machine); leave it unset to serve on CPU lanes"
-        )
+    if (why := offload_refused()) is not None:
+        _fail(why)
     for name in presets:
         operator = PRESETS.get(name, {}).get("operator", "sequential")
         if operator != "sequential":

@@ -184,7 +184,7 @@ def register(app: typer.Typer) -> None:
             )
             raise typer.Exit(2) from None
         from recsched.config import preset as make_preset
-        from recsched.engine import cuda_available
+        from recsched.engine import offload_refused
         from recsched.models.registry import load_model
         from recsched.server.codec import WIRE_IDS, Limits
         from recsched.workload.classes import parse_classes
@@ -192,11 +192,8 @@ def register(app: typer.Typer) -> None:
         try:
             given = {"lanes": lanes, "offload_threshold": offload_threshold}
             if offload_threshold is not None:
-                if not cuda_available():
-                    raise ValueError(
-                        "--offload-threshold needs a CUDA device (torch.cuda.is_available() is "
-                        "False on this machine); leave it unset to serve on CPU lanes"
-                    )
+                if (why := offload_refused()) is not None:
+                    raise ValueError(why)
                 given["accel_lanes"] = accel_lanes
             overrides = {k: v for k, v in given.items() if v is not None}
             cfg = make_preset(preset, **overrides)
