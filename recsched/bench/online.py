@@ -18,10 +18,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from recsched.bench.tune import tuning_space
 from recsched.config import EngineConfig
 from recsched.engine import RETUNABLE, Engine
 from recsched.sched.retune import LocalStepper, OnlineRetuner, RegimeTable
-from recsched.sched.tuner import Knob, TuningSpace, default_space
 from recsched.types import QueryResult
 from recsched.workload.sizes import parse_sizes
 
@@ -34,18 +34,8 @@ def request_stepper(cores: int, max_batch: int = 1024) -> LocalStepper:
     are merged (`split` or `dynamic`), then the merge delay, which `split` never waits (as in
     `recsched tune`'s space: a step there would change nothing). From `split`, merging is one
     step away: what small queries need (rmc1, 8-item queries: 2.2x the throughput)."""
-    space = default_space(cores, False, max_batch)
-    knobs = [k for k in space.knobs if k.name in ("batch_size", "merge_delay_ms")]
-    knobs.insert(1, Knob("request", ("split", "dynamic")))
-    base = space.constraint
-
-    def fits(c: EngineConfig) -> bool:
-        no_idle_delay = c.request != "split" or c.merge_delay_ms == 0.0
-        return no_idle_delay and (base is None or base(c))
-
-    return LocalStepper(
-        TuningSpace(tuple(knobs), fits), ("batch_size", "request", "merge_delay_ms")
-    )
+    space = tuning_space(cores, min_batch=1, max_batch=max_batch)
+    return LocalStepper(space, ("batch_size", "request", "merge_delay_ms"))
 
 
 def live_retuner(

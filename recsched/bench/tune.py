@@ -70,15 +70,17 @@ def cache_key_sizes(setup: Setup, cfg: EngineConfig) -> str:
 REQUEST_KNOB = Knob("request", ("split", "dynamic"))
 
 
-def tuning_space(cores: int, has_accel: bool = False) -> TuningSpace:
-    """The default space, with batch sizes from 4 (below that a batch is all dispatch) and
-    `request` (merge or not) after the batch size; a merge delay only with merging. With
+def tuning_space(
+    cores: int, has_accel: bool = False, min_batch: int = 4, max_batch: int = 1024
+) -> TuningSpace:
+    """The default space, with batch sizes from `min_batch` (below 4 a batch is all dispatch)
+    and `request` (merge or not) after the batch size; a merge delay only with merging. With
     `has_accel`, the offload threshold (`None`: never offload) after `request`."""
-    space = default_space(cores, has_accel=has_accel, max_batch=1024)
+    space = default_space(cores, has_accel=has_accel, max_batch=max_batch)
     knobs: list[Knob] = []
     for k in space.knobs:
         if k.name == "batch_size":
-            knobs += [Knob(k.name, tuple(v for v in k.values if v >= 4)), REQUEST_KNOB]
+            knobs += [Knob(k.name, tuple(v for v in k.values if v >= min_batch)), REQUEST_KNOB]
         else:
             knobs.append(k)
     base = space.constraint
