@@ -70,7 +70,8 @@ class WindowStats:
     n_since_switch: int  # queries in the window that arrived after the last switch
     p_tail_ms: float  # their tail latency (nan if none)
     # how the latency of the queries completed since the last switch moves with time (s per
-    # s, least squares): below 0 a backlog drains; nan with fewer than two of them
+    # s, least squares): below 0 a backlog drains; nan with fewer than four of them, or when
+    # no backlog is in sight (a tail, or a step's, over `backlog_x` x the SLA)
     trend: float = math.nan
     trend_se: float = math.nan  # its standard error
     trend_span_s: float = 0.0  # the time those completions span
@@ -309,21 +310,26 @@ class OnlineRetuner:
         items = np.fromiter(o.items, dtype=float, count=n)
         lat = np.fromiter(o.lat, dtype=float, count=n)
         t = np.fromiter(o.t, dtype=float, count=n)  # completion times, in order
-        since = 0 if self._switch_t is None else int(np.searchsorted(t, self._switch_t, "right"))
+        mine = lat  # judge a config on queries that arrived under it
+        if self._switch_t is not None:
+            mine = lat[t - lat >= self._switch_t]
+        tail = float(np.percentile(mine, self.percentile)) * 1e3 if mine.size else math.nan
         trend, trend_se, trend_span = math.nan, math.nan, 0.0
-        if n - since >= 4 and t[-1] > t[since]:  # completed under the config in force
-            coef, cov = np.polyfit(t[since:] - t[since], lat[since:], 1, cov=True)
-            trend, trend_se = float(coef[0]), float(math.sqrt(max(cov[0, 0], 0.0)))
-            trend_span = float(t[-1] - t[since])
-        if self._switch_t is not None:  # judge a config on queries that arrived under it
-            lat = lat[t - lat >= self._switch_t]
-        tail = float(np.percentile(lat, self.percentile)) * 1e3 if lat.size else math.nan
+        backlog = self.backlog_x * self.sla_ms  # the trend is read only around a backlog
+        if tail > backlog or (self._probe is not None and self._probe.before_ms > backlog):
+            since = (
+                0 if self._switch_t is None else int(np.searchsorted(t, self._switch_t, "right"))
+            )
+            if n - since >= 4 and t[-1] > t[since]:  # completed under the config in force
+                coef, cov = np.polyfit(t[since:] - t[since], lat[since:], 1, cov=True)
+                trend, trend_se = float(coef[0]), float(math.sqrt(max(cov[0, 0], 0.0)))
+                trend_span = float(t[-1] - t[since])
         return WindowStats(
             n=n,
             rate_qps=n / span if span > 0 else 0.0,
             median_items=float(np.median(items)),
             p90_items=float(np.percentile(items, 90)),
-            n_since_switch=int(lat.size),
+            n_since_switch=int(mine.size),
             p_tail_ms=tail,
             trend=trend,
             trend_se=trend_se,
