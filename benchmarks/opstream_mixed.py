@@ -39,7 +39,7 @@ from recsched.bench import calibrate
 from recsched.bench.setup import Setup
 from recsched.graph import build_graph
 from recsched.graph.cost import CostModel
-from recsched.sched.opstream import OpStream, choose_granularity
+from recsched.sched.opstream import OpStream
 from recsched.sim.fidelity import in_run_scale
 
 console = Console()
@@ -126,23 +126,6 @@ def p99(result: dict, cls: str) -> float:
     return float(result["classes"][cls]["latency_ms"]["p99"])
 
 
-def granularity_report(setup: Setup, batch: int, lanes: int) -> dict[str, Any]:
-    """Per-op dispatch overhead of both granularities (profile) and the pure choice."""
-    prof = calibrate.profile(setup.adapter)
-    infos = {g: build_graph(setup.adapter, g).info for g in ("coarse", "fine")}
-    costs = {g: CostModel.from_profile(prof, g, infos[g]) for g in infos}
-    choice = choose_granularity(
-        infos["coarse"], infos["fine"], costs["coarse"], costs["fine"], batch, lanes
-    )
-    return {
-        "choice": choice,
-        "batch": batch,
-        **{f"ops_{g}": len(infos[g].ops) for g in infos},
-        **{f"dispatch_us_{g}": prof["granularities"][g].get("dispatch_us") for g in infos},
-        **{f"whole_ms_{g}": costs[g].ops_s(range(len(infos[g].ops)), batch) * 1e3 for g in infos},
-    }
-
-
 def profile_cost(setup: Setup) -> CostModel:
     """The cost model of the served forward's cached profile (coarse graph)."""
     info = build_graph(setup.adapter, "coarse").info
@@ -190,8 +173,10 @@ def run_model(name: str, a: argparse.Namespace) -> dict[str, Any]:
     qps = a.load * cap_qps
     console.print(f"  baseline capacity {cap_qps:.1f} qps -> offered {qps:.1f} qps")
     op_cfg = setup.config("opstream", **lanes, **req)
-    gran = granularity_report(setup, op_cfg.batch_size, a.lanes)
+    choice = setup.granularity_choice(op_cfg)  # what `auto` picks: lane time per granularity
+    gran = choice.to_dict() if choice is not None else {}
     g = gran["choice"] if a.granularity == "auto" else a.granularity
+    console.print(f"  granularity {g} (auto: {gran})")
     variants: list[tuple[str, str, dict]] = [("baseline", "baseline", {})]
     if not a.quick:
         variants += [("deeprecsched", "deeprecsched", req), ("roundrobin", "roundrobin", req)]

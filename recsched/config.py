@@ -32,7 +32,10 @@ class EngineConfig:
     offload_threshold: queries with n_items >= T go to accelerator lanes (None: never).
     operator: sequential | roundrobin | opstream. lanes / threads_per_lane: CPU lanes.
     granularity: coarse | fine | model operator graphs (operator policies other than
-    sequential); `model` is the whole model as one operator (recsched.graph.whole).
+    sequential); `model` is the whole model as one operator (recsched.graph.whole); `auto`
+    picks one per model from its measured profile at the batch sizes the request level
+    forms (`recsched.sched.opstream.choose_granularity`, resolved by `Setup.resolve` and the
+    simulator; an engine given `auto` with no graph takes `model`).
     order: the `sequential` queue's order: `fifo`, `size` (small queries overtake the
     queued pieces of large ones) or `value` (and high-value ones overtake low-value ones;
     recsched.sched.operator.SizeOrdered).
@@ -69,8 +72,8 @@ class EngineConfig:
             raise ValueError("lanes and threads_per_lane must be >= 1")
         if self.offload_threshold is not None and self.offload_threshold < 1:
             raise ValueError("offload_threshold must be >= 1")
-        if self.granularity not in ("coarse", "fine", "model"):
-            raise ValueError("granularity is coarse, fine or model")
+        if self.granularity not in ("coarse", "fine", "model", "auto"):
+            raise ValueError("granularity is coarse, fine, model or auto")
         if self.order not in ("fifo", "size", "value"):
             raise ValueError(f"unknown queue order {self.order!r}; fifo, size or value")
         if self.queue_capacity < 1:
@@ -89,7 +92,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "dynamic": {"request": "dynamic", "operator": "sequential"},
     "deeprecsched": {"request": "tuned", "operator": "sequential"},
     "roundrobin": {"request": "tuned", "operator": "roundrobin"},
-    "opstream": {"request": "tuned", "operator": "opstream", "granularity": "model"},
+    "opstream": {"request": "tuned", "operator": "opstream", "granularity": "auto"},
 }
 
 

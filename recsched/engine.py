@@ -122,7 +122,9 @@ class Engine:
         if config.operator != "sequential" and graph is None:
             from recsched.graph import build_graph
 
-            self.graph = build_graph(adapter, config.granularity)
+            # `auto` is chosen from a profile (Setup.resolve); without one, the measured default
+            g = "model" if config.granularity == "auto" else config.granularity
+            self.graph = build_graph(adapter, g)
         kinds: list[LaneKind] = ["cpu"] * config.lanes
         if config.offload_threshold is not None:
             kinds += ["accel"] * max(1, config.accel_lanes)

@@ -98,8 +98,15 @@ def peak(adapter: ModelAdapter, refresh: bool = False) -> dict:
 
 def profile(adapter: ModelAdapter, threads: int = 1, refresh: bool = False, **kw: Any) -> dict:
     """`recsched profile` at the default batch sizes, with a lane's intra-op thread count
-    (one by default, as the default lanes run), cached."""
+    (one by default, as the default lanes run), cached. A model torch.fx cannot trace is
+    profiled whole only (no operators: the `model` granularity)."""
+    from recsched.graph.fx import traceable
     from recsched.graph.profile import profile_model
 
+    def measure() -> dict:
+        if "granularities" not in kw and not traceable(adapter):
+            kw["granularities"] = ()
+        return profile_model(adapter, threads=threads, **kw)
+
     key = f"profile-{model_key(adapter)}-t{threads}"
-    return cached(key, lambda: profile_model(adapter, threads=threads, **kw), refresh)
+    return cached(key, measure, refresh)

@@ -14,12 +14,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from recsched.bench import calibrate
 from recsched.bench.capacity import RunFn, capacity_result, find_capacity, in_turns
 from recsched.bench.run import InputPool, LoadSpec, bench_once
 from recsched.config import EngineConfig, preset
 from recsched.metrics.trace import TraceRecorder
 from recsched.models.base import ModelAdapter
+from recsched.sched.opstream import GranularityChoice, resolve_granularity
 from recsched.types import PriorityClass
 from recsched.workload.classes import parse_classes
 from recsched.workload.sizes import parse_sizes
@@ -121,11 +124,36 @@ class Setup:
         keep: Sequence[str] = (),
     ) -> EngineConfig:
         """`cfg` with its `tuned` request knobs from the tuner's cache (tuned now on a miss
-        if `tune`, else ValueError), except the fields in `keep` (the caller's overrides)."""
-        if cfg.request != "tuned":
+        if `tune`, else ValueError), except the fields in `keep` (the caller's overrides),
+        then an `auto` granularity chosen from the model's profile for this size mix."""
+        if cfg.request == "tuned":
+            knobs = self.tuned_knobs(cfg, log, tune=tune)
+            cfg = cfg.replace(**{k: v for k, v in knobs.items() if k not in keep})
+        return self.resolve_granularity(cfg, log)
+
+    def resolve_granularity(self, cfg: EngineConfig, log: Log | None = None) -> EngineConfig:
+        """`cfg` with an `auto` granularity chosen for this model and size mix
+        (`granularity_choice`); the sequential level's `auto` becomes the unused `coarse`."""
+        if cfg.granularity != "auto":
             return cfg
-        knobs = self.tuned_knobs(cfg, log, tune=tune)
-        return cfg.replace(**{k: v for k, v in knobs.items() if k not in keep})
+        choice = self.granularity_choice(cfg)
+        if choice is None:
+            return cfg.replace(granularity="coarse")
+        if log is not None:
+            costs = ", ".join(f"{g} {ms:.1f}" for g, ms in choice.lane_ms_per_kitem.items())
+            log(f"granularity {choice.choice} (lane ms per 1k items: {costs})")
+        return cfg.replace(granularity=choice.choice)
+
+    def granularity_choice(self, cfg: EngineConfig) -> GranularityChoice | None:
+        """`choose_granularity` for `cfg`'s request knobs (resolved) on this model's profile
+        (cached per machine) and a seeded sample of the size mix; None for `sequential`."""
+        if cfg.operator == "sequential":
+            return None
+        prof = calibrate.profile(self.adapter, threads=cfg.threads_per_lane)
+        sizes = parse_sizes(self.sizes).sample(4096, np.random.default_rng(self.seed))
+        return resolve_granularity(cfg.replace(granularity="auto"), prof, [int(n) for n in sizes])[
+            1
+        ]
 
     def tuned_knobs(
         self, cfg: EngineConfig, log: Log | None = None, *, tune: bool = True

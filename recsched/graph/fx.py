@@ -106,6 +106,16 @@ def coarse_stages(model: nn.Module) -> tuple[str, ...]:
     return tuple(stages)
 
 
+def traceable(adapter: ModelAdapter) -> bool:
+    """Whether torch.fx can trace the model into operators (`coarse`/`fine`); a model that
+    cannot (data-dependent control flow) is still served whole, at the `model` granularity."""
+    try:
+        trace(adapter, "coarse")
+    except Exception:  # noqa: BLE001 - fx raises TraceError, TypeError, ... on what it cannot
+        return False
+    return True
+
+
 def trace(adapter: ModelAdapter, granularity: str) -> tuple[fx.GraphModule, frozenset[str]]:
     """Trace the adapter's model; returns the graph module and the coarse stage names."""
     if granularity not in ("coarse", "fine"):

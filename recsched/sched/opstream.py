@@ -40,14 +40,17 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 from recsched import sched
+from recsched.config import EngineConfig
+from recsched.graph.cost import interpolate
 from recsched.graph.ops import GraphInfo
 from recsched.sched import priority as prio
 from recsched.sched.operator import Cost, OperatorPolicy
+from recsched.sched.request import saturated_batches
 from recsched.types import Batch, LaneKind, LaneResult, Task
 
 WAIT, READY, ISSUED, DONE = 0, 1, 2, 3
@@ -1120,31 +1123,79 @@ def make(
     raise ValueError(f"unknown operator-graph policy {name!r}")
 
 
+@dataclass(frozen=True)
+class GranularityChoice:
+    """The granularity `choose_granularity` picked, and the lane time it predicted for each
+    candidate (ms per 1,000 items served)."""
+
+    choice: str
+    lane_ms_per_kitem: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"choice": self.choice, "lane_ms_per_kitem": dict(self.lane_ms_per_kitem)}
+
+
 def choose_granularity(
-    coarse: GraphInfo,
-    fine: GraphInfo,
-    cost_coarse: Cost,
-    cost_fine: Cost,
-    batch: int,
-    lanes: int,
-    engine_overhead_s: float = 150e-6,
-) -> str:
-    """`fine` when its extra parallelism saves more than its extra dispatches cost, at `batch`.
+    profile: Mapping[str, Any],
+    batches: Sequence[int],
+    engine_overhead_s: float = OpStreamOptions.engine_overhead_s,
+    candidates: Sequence[str] = ("model", "coarse", "fine"),
+    margin: float = 0.25,
+) -> GranularityChoice:
+    """The granularity whose lane time over `batches` (the batch sizes the request level
+    forms, `request.saturated_batches`) is least, from a measured profile
+    (`recsched.graph.profile`).
 
-    Predicted time of one batch on `lanes` lanes: the larger of the critical path with one
-    engine dispatch per op on it (pessimistic: chains save some) and the work spread over the
-    lanes plus one dispatch. Every op pays the cost model's per-op `dispatch_s` (the graph
-    runner's), which is what makes many small fine ops expensive.
+    A batch of b rows costs, at `model`, the compiled forward (`whole_ms`) plus one engine
+    task; at `coarse` or `fine`, the op-by-op run (`run_ms`: every op with the graph runner's
+    measured dispatch, in one sequence, so with the cache misses a real run meets) plus one
+    engine task per op (chaining can save some: this is the pessimistic side). Python
+    dispatch per op is what makes small batches dear at the finer granularities. The
+    parallelism inside one batch is not counted: it shortens a batch only while lanes idle,
+    and a capacity is set when they are busy.
+
+    A later candidate displaces an earlier one only when it is predicted `margin` cheaper:
+    two profiles of one model here differ by up to 25-40% at a batch size, and a serial
+    profile does not see the GIL that eager ops take on concurrent lanes, which the compiled
+    `model` forward runs without (measured: BENCHMARKS.md, "OpStream on a mixed-value
+    workload").
     """
+    assert 0 <= margin < 1, "margin is a fraction"
+    assert batches and min(batches) >= 1, "at least one batch, each of at least one row"
+    sizes = [float(b) for b in profile["batch_sizes"]]
+    grans = profile.get("granularities", {})
+    items = float(sum(batches))
+    eo_ms = engine_overhead_s * 1e3
+    work: dict[str, float] = {}
+    for g in candidates:
+        if g == "model":
+            table, tasks = list(profile["whole_ms"]), 1
+        elif g in grans and "run_ms" in grans[g]:
+            table, tasks = list(grans[g]["run_ms"]), int(grans[g]["n_ops"])
+        else:
+            continue  # not profiled at this granularity
+        ms = sum(interpolate(sizes, table, b) for b in batches) + len(batches) * tasks * eo_ms
+        work[g] = ms / items * 1e3
+    assert work, f"the profile has none of {list(candidates)}"
+    order = [g for g in candidates if g in work]
+    best = order[0]
+    for g in order[1:]:
+        if work[g] < (1 - margin) * work[best]:
+            best = g
+    return GranularityChoice(best, work)
 
-    def span(g: GraphInfo, c: Cost) -> float:
-        d = float(getattr(c, "dispatch_s", 0.0))
 
-        def t(i: int) -> float:
-            return c.op_s(i, batch) + d
-
-        cp = max(g.upward_rank(t))
-        path = len(g.critical_path(t))
-        return max(cp + path * engine_overhead_s, g.total(t) / lanes + engine_overhead_s)
-
-    return "fine" if span(fine, cost_fine) < span(coarse, cost_coarse) else "coarse"
+def resolve_granularity(
+    cfg: EngineConfig, profile: Mapping[str, Any], sizes: Sequence[int]
+) -> tuple[EngineConfig, GranularityChoice | None]:
+    """`cfg` with an `auto` granularity chosen for queries of `sizes` (a sample of the served
+    mix) by `choose_granularity` on `profile`, and the choice (None when there was nothing to
+    choose). The request knobs must be resolved first (`tuned` reads as `dynamic`). The
+    sequential level runs no graph: its `auto` becomes the unused default, `coarse`."""
+    if cfg.granularity != "auto":
+        return cfg, None
+    if cfg.operator == "sequential":
+        return cfg.replace(granularity="coarse"), None
+    batches = saturated_batches(sizes, cfg.request, cfg.batch_size, cfg.merge_delay_ms * 1e-3)
+    choice = choose_granularity(profile, batches)
+    return cfg.replace(granularity=choice.choice), choice

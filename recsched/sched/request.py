@@ -47,6 +47,37 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
+def saturated_batches(
+    sizes: Sequence[int], mode: str, batch_size: int, merge_delay_s: float = 0.0
+) -> list[int]:
+    """The batch sizes `mode` cuts queries of `sizes` (in arrival order) into when its queue
+    never empties, the load that sets a capacity: `whole` keeps each query; `split` cuts
+    pieces of at most B; `dynamic`/`tuned` cut full pieces of B and, with a merge delay,
+    merge the remainders in arrival order up to B (without one they leave as they are)."""
+    assert mode in ("whole", "split", "dynamic", "tuned"), mode
+    assert batch_size >= 1 and merge_delay_s >= 0
+    out: list[int] = []
+    merging = 0
+    for n in sizes:
+        assert n >= 1, "a query has at least one item"
+        if mode == "whole":
+            out.append(int(n))
+            continue
+        pieces = [b - a for a, b in chunks(int(n), batch_size)]
+        if mode == "split" or merge_delay_s == 0 or pieces[-1] == batch_size:
+            out += pieces
+            continue
+        out += pieces[:-1]
+        if merging + pieces[-1] > batch_size:
+            out.append(merging)
+            merging = 0
+        merging += pieces[-1]
+    if merging:
+        out.append(merging)
+    assert sum(out) == sum(int(n) for n in sizes), "every item in exactly one batch"
+    return out
+
+
 class RequestPolicy:
     """One request policy; `mode` is whole | split | dynamic | tuned."""
 

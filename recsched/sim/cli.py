@@ -139,7 +139,7 @@ def simulate_cmd(
 ) -> None:
     """Simulate N servers behind a load balancer, running the real scheduling policies."""
     from recsched.sim.front import FrontModel
-    from recsched.sim.run import DEFAULT_TASK_OVERHEAD_S, make_workload, simulate
+    from recsched.sim.run import DEFAULT_TASK_OVERHEAD_S, make_workload, resolve_auto, simulate
 
     extra: dict[str, Any] = {}
     if offload_threshold is not None:
@@ -151,6 +151,7 @@ def simulate_cmd(
             "`recsched capacity --sim` uses the tuner's cached knobs[/dim]"
         )
     prof: Any = profile if profile is not None else _default_profile(model, scale, cfg)
+    cfg = resolve_auto(cfg, prof, sizes, seed)
     inter: Any = interference
     if interference == "model":
         from recsched.models.registry import load_model

@@ -106,6 +106,20 @@ def idle_model(profile: Any) -> IdleModel | None:
     return IdleModel.from_profile(load_profile_dict(profile))
 
 
+def resolve_auto(cfg: EngineConfig, profile: Any, sizes: str, seed: int = 0) -> EngineConfig:
+    """`cfg` with an `auto` granularity chosen from `profile` (a path or dict) for a seeded
+    sample of `sizes`, as `Setup.resolve` chooses it for the real engine; `model` when the
+    profile is a cost model object (nothing measured to choose from)."""
+    from recsched.sched.opstream import resolve_granularity
+
+    if cfg.granularity != "auto":
+        return cfg
+    if profile is None or hasattr(profile, "whole_s"):
+        return resolve_granularity(cfg.replace(granularity="model"), {}, ())[0]
+    n = parse_sizes(sizes).sample(4096, np.random.default_rng(seed))
+    return resolve_granularity(cfg, load_profile_dict(profile), [int(x) for x in n])[0]
+
+
 def resolve_config(config: EngineConfig | str) -> tuple[EngineConfig, str]:
     """(config, preset name) from a config or a preset name."""
     if isinstance(config, EngineConfig):
@@ -227,6 +241,7 @@ def simulate(
     """
     t_start = time.perf_counter()
     cfg, name = resolve_config(config)
+    cfg = resolve_auto(cfg, profile, sizes, seed)
     name = preset_name or name
     if types is None:
         if profile is None:
@@ -414,6 +429,7 @@ def sim_run_fn(
     if not isinstance(model, str):
         return _setup_run_fn(model, config, profile, duration_s, **options)
     cfg, name = resolve_config(config)
+    cfg = resolve_auto(cfg, profile, options.get("sizes", "production"), options.get("seed", 0))
     name = options.pop("preset_name", None) or name
     if "types" not in options:
         options["types"] = _types_for(cfg, profile, options)

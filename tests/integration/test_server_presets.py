@@ -58,6 +58,9 @@ def test_resolver_gives_opstream_the_profiled_cost_model(cache):
     cfg, extras = configure("deepfm", ad, preset("opstream"))
     assert cfg.operator == "opstream" and cfg.batch_size == 64
     assert isinstance(extras["cost"], CostModel) and extras["graph"] is not None
+    # `auto` granularity: chosen from the profile, and the graph served is the one chosen
+    assert cfg.granularity in ("model", "coarse", "fine")
+    assert extras["graph"].info.granularity == cfg.granularity
 
 
 def test_server_serves_the_tuned_configuration_and_refuses_an_untuned_reconfigure(cache):
@@ -114,3 +117,5 @@ def test_a_tuned_offload_threshold_reaches_only_the_sequential_presets(cache):
     assert s.resolve(preset("deeprecsched")).offload_threshold == 128
     assert s.resolve(preset("opstream")).offload_threshold is None
     assert s.resolve(preset("opstream")).batch_size == 64
+    # a model torch.fx cannot trace has no operators to choose among: `model`
+    assert s.resolve(preset("opstream")).granularity == "model"

@@ -14,7 +14,6 @@ from recsched.sched.opstream import (
     OpStream,
     OpStreamOptions,
     RoundRobin,
-    choose_granularity,
     make,
     waterfill,
 )
@@ -473,16 +472,6 @@ def test_make_validates_and_fills_in_a_cost_model():
     p = make_operator_policy("opstream", ["cpu"], None, SINGLE, gating=False)
     assert isinstance(p, OpStream) and not p.o.gating and p.cost is not None
     assert isinstance(make_operator_policy("roundrobin", ["cpu"], None, SINGLE), RoundRobin)
-
-
-def test_choose_granularity_weighs_parallelism_against_dispatch():
-    coarse = graph(((), "memory"))
-    fine = graph(((), "memory"), ((), "memory"), ((0, 1), "compute"))
-    c_cost = FakeCost([10 * MS])
-    f_cost = FakeCost([5 * MS, 5 * MS, 0.0])
-    assert choose_granularity(coarse, fine, c_cost, f_cost, 64, 2, 50e-6) == "fine"
-    assert choose_granularity(coarse, fine, c_cost, f_cost, 64, 1, 50e-6) == "coarse"
-    assert choose_granularity(coarse, fine, c_cost, f_cost, 64, 2, 10 * MS) == "coarse"
 
 
 def test_options_are_checked():
