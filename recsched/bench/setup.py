@@ -252,8 +252,8 @@ class Setup:
     ) -> dict:
         """Latency-bounded throughput of a preset (bracket and bisect on the offered rate;
         `confirm` as in `find_capacity`)."""
-        run, start = self._prepare(name, duration_s, log, **overrides)
-        return self._search(name, run, start, log, confirm)
+        run, start, peak = self._prepare(name, duration_s, log, **overrides)
+        return self._search(name, run, start, log, confirm, peak=peak)
 
     def capacities(
         self,
@@ -279,18 +279,27 @@ class Setup:
         peak = calibrate.peak(self.adapter)["peak_items_per_s"]
 
         def search(name: str) -> Callable[[Callable[[RunFn], RunFn]], dict]:
-            run, start = prepared[name]
+            run, start, _ = prepared[name]
             return lambda wrap: self._search(name, wrap(run), start, log, confirm, peak=peak)
 
         return in_turns({n: search(n) for n in names})
 
     def _prepare(
         self, name: str, duration_s: float, log: Log | None, **overrides: Any
-    ) -> tuple[Callable[[float], dict], float]:
-        """A preset's run function and the search's start rate (tuning it if it is tuned)."""
+    ) -> tuple[Callable[[float], dict], float, float | None]:
+        """A preset's run function, the search's start rate (tuning it if it is tuned) and,
+        on the simulator, the simulated lanes' peak (`profile_peak`; the real engine's is
+        measured by `recsched peak`)."""
         assert self.sla_ms is not None, "capacity needs an SLA"
         cfg = self.config(name, log, **overrides)
-        return self.run_fn(cfg, name, duration_s, stop_on_miss=True), self.start_qps(cfg)
+        peak = None
+        if self.sim:
+            from recsched.sim.run import lane_profile, profile_peak
+
+            prof = lane_profile(self.adapter, cfg.threads_per_lane)
+            peak = profile_peak(prof, cfg.lanes)["peak_items_per_s"]
+        run = self.run_fn(cfg, name, duration_s, stop_on_miss=True)
+        return run, self.start_qps(cfg), peak
 
     def _search(
         self,

@@ -509,12 +509,11 @@ def lane_profile(adapter: Any, threads: int = 1, serving: bool = True) -> dict[s
     With `serving`, the profile is rescaled to serving conditions (`serving_correction`).
     """
     from recsched.bench import calibrate
-    from recsched.graph.profile import profile_model
 
     key = f"profile-{calibrate.model_key(adapter)}-t{threads}"
 
     def measure() -> dict[str, Any]:
-        prof = calibrate.cached(key, lambda: profile_model(adapter, threads=threads))
+        prof = calibrate.profile(adapter, threads=threads)  # the same cache entry
         if not serving:
             return prof
         out = serving_correction(adapter, prof, threads)
@@ -522,6 +521,17 @@ def lane_profile(adapter: Any, threads: int = 1, serving: bool = True) -> dict[s
         return out
 
     return calibrate.cached(f"{key}-serving-v5", measure) if serving else measure()
+
+
+def profile_peak(profile: Mapping[str, Any], lanes: int) -> dict[str, Any]:
+    """The peak of a simulated server (DESIGN.md: items/s at the best batch size with every
+    core busy): `lanes` x the best `b / whole_s(b)` over the profile's batch sizes, the limit
+    of lanes that cost what the profile says and nothing else."""
+    assert lanes >= 1, "at least one lane"
+    sizes, whole = profile["batch_sizes"], profile["whole_ms"]
+    rates = [(b / (ms * 1e-3), b) for b, ms in zip(sizes, whole, strict=True)]
+    rate, best = max(r for r in rates if r[0] > 0)
+    return {"peak_items_per_s": lanes * rate, "best_batch": int(best), "simulated": True}
 
 
 IDLE_FROM_S, IDLE_GAP_S = 2e-4, 0.02  # see recsched.sim.lanes.IdleModel

@@ -562,3 +562,13 @@ def test_lane_gaps_are_per_lane_from_end_to_next_start():
     ]
     assert sorted(lane_gaps_s(ev)) == pytest.approx([0.0, 50e-6, 150e-6])
     assert lane_gaps_s([]) == []
+
+
+def test_profile_peak_is_the_best_batch_on_every_lane():
+    from recsched.sim.run import profile_peak
+
+    prof = {"batch_sizes": [1, 64, 1024], "whole_ms": [0.1, 2.0, 32.0]}  # 32k items/s at 1,024
+    peak = profile_peak(prof, lanes=2)
+    assert peak["best_batch"] == 1024 and peak["peak_items_per_s"] == pytest.approx(64_000)
+    with pytest.raises(AssertionError):
+        profile_peak(prof, lanes=0)
