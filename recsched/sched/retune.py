@@ -31,7 +31,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,7 @@ class WindowStats:
     trend: float = math.nan
     trend_se: float = math.nan  # its standard error
     trend_span_s: float = 0.0  # the time those completions span
+    max_items: float = math.nan  # the largest query in the window
 
 
 def level(value: float, edges: Sequence[float], current: int | None, hysteresis: float) -> int:
@@ -150,12 +151,33 @@ class RegimeTable:
         )
 
 
+def same_batches(old: EngineConfig, new: EngineConfig, max_items: float) -> bool:
+    """Whether `new` cuts and merges queries of at most `max_items` items exactly as `old`
+    does, so a step between them changes nothing for them: `whole` reads neither knob, and
+    `split` never waits on its merge delay and cuts no query within the smaller batch size.
+    `dynamic` merges up to B with its delay, so any change there counts."""
+    if math.isnan(max_items) or old.request != new.request:
+        return False
+    if {**old.to_dict(), "batch_size": 0, "merge_delay_ms": 0} != {
+        **new.to_dict(),
+        "batch_size": 0,
+        "merge_delay_ms": 0,
+    }:
+        return False
+    if old.request == "whole":
+        return True
+    if old.request == "split":
+        return max_items <= min(old.batch_size, new.batch_size)
+    return old == new
+
+
 class LocalStepper:
     """Online hill climbing, one neighbour at a time, over a space's knobs.
 
     `propose(config)` gives the neighbour one index away along the current knob in the current
     direction (+1 first; -1 after a rejection); `reject()` turns to the other direction, then
-    to the next knob; `accept()` keeps going the same way; `reset()` starts over.
+    to the next knob; `accept()` keeps going the same way; `reset()` starts over. A `skip`
+    predicate passes over moves that would change nothing now without spending them.
     """
 
     def __init__(self, space: TuningSpace, knobs: Sequence[str] | None = None) -> None:
@@ -165,43 +187,55 @@ class LocalStepper:
         self.reset()
 
     def reset(self) -> None:
-        self._pos = 0  # index into the (knob, direction) moves: the next one to try
+        self._spent: set[int] = set()  # moves rejected or blocked since the reset
         self._kept: set[tuple[int, int]] = set()  # moves accepted since the reset
+        self._offer: int | None = None  # the move last proposed
 
     def _moves(self) -> list[tuple[int, int]]:
         return [(ki, d) for ki in self.order for d in (+1, -1)]
 
-    def propose(self, config: EngineConfig) -> EngineConfig | None:
-        """The next neighbour to try, or None when every move has been tried or is blocked."""
-        moves = self._moves()
+    def propose(
+        self,
+        config: EngineConfig,
+        skip: Callable[[EngineConfig, EngineConfig], bool] | None = None,
+    ) -> EngineConfig | None:
+        """The next neighbour to try, or None when every move has been tried, is blocked or
+        (by `skip(config, neighbour)`) would change nothing now."""
         key = self.space.key(config)
-        while self._pos < len(moves):
-            ki, d = moves[self._pos]
+        for m, (ki, d) in enumerate(self._moves()):
+            if m in self._spent:
+                continue
             if (ki, -d) in self._kept:  # it would undo a step that helped
-                self._pos += 1
+                self._spent.add(m)
                 continue
             knob = self.space.knobs[ki]
             i = knob.index_of(key[ki]) + d
             if 0 <= i < len(knob.values):
                 cand = key[:ki] + (knob.values[i],) + key[ki + 1 :]
                 if self.space.feasible(config, cand):
-                    return self.space.apply(config, cand)
-            self._pos += 1  # blocked: this move is spent
+                    step = self.space.apply(config, cand)
+                    if skip is not None and skip(config, step):
+                        continue  # a no-op for now, not spent: it may matter later
+                    self._offer = m
+                    return step
+            self._spent.add(m)  # blocked: this move is spent
+        self._offer = None
         return None
 
     def accept(self) -> None:
         """The last step helped: the next one goes the same way (never back)."""
-        moves = self._moves()
-        if self._pos < len(moves):
-            self._kept.add(moves[self._pos])
+        if self._offer is not None:
+            self._kept.add(self._moves()[self._offer])
 
     def reject(self) -> None:
         """The last step did not help: next time, the next move (other direction/next knob)."""
-        self._pos += 1
+        if self._offer is not None:
+            self._spent.add(self._offer)
+            self._offer = None
 
     @property
     def exhausted(self) -> bool:
-        return self._pos >= len(self._moves())
+        return len(self._spent) >= len(self._moves())
 
 
 @dataclass
@@ -329,6 +363,7 @@ class OnlineRetuner:
             rate_qps=n / span if span > 0 else 0.0,
             median_items=float(np.median(items)),
             p90_items=float(np.percentile(items, 90)),
+            max_items=float(items.max()),
             n_since_switch=int(mine.size),
             p_tail_ms=tail,
             trend=trend,
@@ -436,7 +471,11 @@ class OnlineRetuner:
             self._breach_since = now
         if now - self._breach_since < self.breach_sustain_s:
             return "breach_wait", None
-        step = self.stepper.propose(self.config) if self.stepper is not None else None
+        step = None
+        if self.stepper is not None:  # steps that cannot change the batches of these sizes wait
+            step = self.stepper.propose(
+                self.config, skip=lambda a, b: same_batches(a, b, s.max_items)
+            )
         if step is None:
             return "breach_exhausted", None
         self._probe = _Probe(self.config, s.p_tail_ms, s.trend)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from recsched.bench.online import live_retuner, request_stepper
 from recsched.config import EngineConfig
 from recsched.sched.retune import (
     REASONS,
@@ -17,6 +18,7 @@ from recsched.sched.retune import (
     OnlineRetuner,
     RegimeTable,
     level,
+    same_batches,
 )
 from recsched.sched.tuner import Knob, TuningSpace, default_space
 
@@ -306,3 +308,45 @@ def test_the_rate_is_the_windows_right_after_a_switch() -> None:
             rt.decide(now)
         assert now < 30.0, "no step taken"
     assert rt.stats(now).rate_qps == pytest.approx(50.0, rel=0.05)
+
+
+def test_same_batches_knows_which_steps_change_nothing() -> None:
+    split = EngineConfig(request="split", batch_size=64, merge_delay_ms=0.0)
+    assert same_batches(split, split.replace(batch_size=128), 8)  # no query is cut either way
+    assert same_batches(split, split.replace(batch_size=32), 32)
+    assert not same_batches(split, split.replace(batch_size=32), 33)  # now cut in two
+    assert not same_batches(split, split.replace(batch_size=128), 100)  # was cut at 64
+    whole = EngineConfig(request="whole")
+    assert same_batches(whole, whole.replace(batch_size=512, merge_delay_ms=5.0), 1000)
+    dyn = split.replace(request="dynamic", merge_delay_ms=1.0)
+    assert not same_batches(dyn, dyn.replace(batch_size=128), 8)  # the merge cap moved
+    assert not same_batches(dyn, dyn.replace(merge_delay_ms=2.0), 8)
+    assert not same_batches(split, dyn, 8)  # merging
+    assert not same_batches(split, split.replace(lanes=1, batch_size=128), 8)
+    assert not same_batches(split, split.replace(batch_size=128), math.nan)
+
+
+def test_a_step_skipped_as_a_no_op_is_not_spent() -> None:
+    st = request_stepper(cores=2)
+    c = EngineConfig(request="split", batch_size=64, merge_delay_ms=0.0, lanes=2)
+    step = st.propose(c, skip=lambda a, b: same_batches(a, b, 20))
+    assert step == c.replace(request="dynamic")  # both batch-size steps wait
+    st.reject()
+    # larger queries later: the batch-size steps are still there to try
+    assert st.propose(c, skip=lambda a, b: same_batches(a, b, 1000)) == c.replace(batch_size=128)
+
+
+def test_small_queries_under_split_step_to_merging_first() -> None:
+    """8-item queries under `split`: the retuner's first step merges them (the batch-size
+    steps would change nothing), and it is kept."""
+    start = EngineConfig(request="split", batch_size=64, merge_delay_ms=0.0, lanes=2)
+    rt = live_retuner(start, sla_ms=20.0, cores=2)
+
+    def latency(config: EngineConfig, rng: np.random.Generator) -> float:
+        return (0.050 if config.request == "split" else 0.008) * (1 + 0.1 * rng.random())
+
+    reasons = Load(lambda t: 200.0, lambda t: 4.0, latency, seed=2).run(rt, 20.0)
+    assert [(r, c.request, c.batch_size) for _, r, c in rt.switches] == [
+        ("breach_step", "dynamic", 64)
+    ]
+    assert "probe_keep" in reasons and reasons[-1] == "steady"
