@@ -436,6 +436,16 @@ class OnlineRetuner:
         stepper.reject()
         return "probe_revert", probe.previous
 
+    def _largest_since(self, t0: float, default: float) -> float:
+        """The largest query completed since `t0` (the breach's start: the queries a step is
+        for, not those of a size mix the window still holds from before), else `default`."""
+        largest = 0
+        for t, n in zip(reversed(self._obs.t), reversed(self._obs.items), strict=True):
+            if t < t0:
+                break
+            largest = max(largest, n)
+        return float(largest) if largest else default
+
     def _draining(self, s: WindowStats, drop_ms: float = 0.0) -> bool:
         """Whether the completions under the config in force show a backlog going down: their
         latency falls beyond its noise (3 standard errors of the slope), by at least
@@ -472,10 +482,9 @@ class OnlineRetuner:
         if now - self._breach_since < self.breach_sustain_s:
             return "breach_wait", None
         step = None
-        if self.stepper is not None:  # steps that cannot change the batches of these sizes wait
-            step = self.stepper.propose(
-                self.config, skip=lambda a, b: same_batches(a, b, s.max_items)
-            )
+        if self.stepper is not None:  # steps that change nothing for the breaching queries wait
+            largest = self._largest_since(self._breach_since, s.max_items)
+            step = self.stepper.propose(self.config, skip=lambda a, b: same_batches(a, b, largest))
         if step is None:
             return "breach_exhausted", None
         self._probe = _Probe(self.config, s.p_tail_ms, s.trend)

@@ -50,6 +50,7 @@ class Load:
         while now < until:
             now += tick
             while t_next < now:  # arrivals in this tick, under the config in force
+                self.arrival = t_next  # (for latencies that change with time)
                 lat = self.latency(rt.config, self.rng)
                 items = max(1, int(self.median(t_next) * math.exp(0.5 * self.rng.normal())))
                 heapq.heappush(done, (t_next + lat, lat, items))
@@ -350,3 +351,23 @@ def test_small_queries_under_split_step_to_merging_first() -> None:
         ("breach_step", "dynamic", 64)
     ]
     assert "probe_keep" in reasons and reasons[-1] == "steady"
+
+
+def test_after_a_size_shift_the_step_is_for_the_queries_that_breach() -> None:
+    """Large queries, then 4-item ones that `split` cannot serve in time: the window still
+    holds large queries when the breach starts, but the steps are weighed for the queries
+    completed since, so merging comes first."""
+    start = EngineConfig(request="split", batch_size=64, merge_delay_ms=0.0, lanes=2)
+    rt = live_retuner(start, sla_ms=20.0, cores=2)
+    load: Load
+
+    def latency(config: EngineConfig, rng: np.random.Generator) -> float:
+        slow = load.arrival >= 10.0 and config.request == "split"
+        return (0.050 if slow else 0.008) * (1 + 0.1 * rng.random())
+
+    load = Load(lambda t: 200.0, lambda t: 400.0 if t < 10.0 else 4.0, latency, seed=3)
+    reasons = load.run(rt, 25.0)
+    assert [(r, c.request, c.batch_size) for _, r, c in rt.switches] == [
+        ("breach_step", "dynamic", 64)
+    ]
+    assert rt.switches[0][0] < 13.0 and reasons[-1] == "steady"
