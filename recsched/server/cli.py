@@ -239,6 +239,7 @@ def register(app: typer.Typer) -> None:
             err=True,
         )
         for m, c in served.items():
-            knobs = ", ".join(f"{k}={getattr(c, k)}" for k in SHOWN_KNOBS)
+            shown = SHOWN_KNOBS + (("granularity",) if c.operator != "sequential" else ())
+            knobs = ", ".join(f"{k}={getattr(c, k)}" for k in shown)
             typer.echo(f"  {m}: {knobs}", err=True)
         serve(server, host, port, log_level)
