@@ -19,7 +19,8 @@ from views of the input pool, no body is copied, so it costs the shared cores as
 possible; `--client aiohttp` uses aiohttp instead.
 
 `--overhead N` measures only the server's own CPU per request: N requests of production
-sizes, `--concurrency` at a time, to a server whose engine scores zeros at once.
+sizes, `--concurrency` at a time, to a server whose engine scores zeros at once; with `--bare`,
+to a raw ASGI app on uvicorn that only reads each body (the floor of the stack).
 
 `--overload-x K` then offers K times the HTTP capacity with priority classes (`--classes`;
 each class gets an SLA, `--sla-ms`/`--sla-x` unless it names one, judged at p99) and reports
@@ -83,6 +84,31 @@ def serve_main(a: argparse.Namespace) -> None:
     serve(server, "127.0.0.1", a.serve, "warning")
 
 
+def bare_main(port: int) -> None:
+    """The floor under any ASGI server on uvicorn: a raw ASGI app that reads the whole body
+    and answers 200 with a small JSON body (about what an infer response of scores costs),
+    no parsing, no checks, no engine (`--overhead N --bare`)."""
+    import uvicorn
+
+    reply = json.dumps({"model_name": "bare", "outputs": [{"name": "scores", "data": [0.0]}]})
+    body_out = reply.encode()
+    length = str(len(body_out)).encode()
+
+    async def app(scope, receive, send):  # noqa: ANN001 - the ASGI signature
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            msg = await receive()
+            more = msg.get("more_body", False)
+        head = [(b"content-type", b"application/json"), (b"content-length", length)]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send({"type": "http.response.body", "body": body_out})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                proxy_headers=False)  # fmt: skip
+
+
 class NullEngine:
     """An engine that scores zeros at once: what is left is the server's own cost."""
 
@@ -112,7 +138,11 @@ class NullEngine:
 def overhead(a: argparse.Namespace, setup: Setup, cfg: EngineConfig, out: dict) -> None:
     """Server CPU per request with the null engine: `--overhead N` closed-loop requests of
     production sizes, `--concurrency` at once, after 100 warm-up requests."""
-    proc, url = start_server(a, cfg, None, None, null_engine=True)
+    if a.bare:
+        port = free_port()
+        proc, url = launch([sys.executable, __file__, "--serve-bare", str(port)], port)
+    else:
+        proc, url = start_server(a, cfg, None, None, null_engine=True)
     path = f"/v2/models/{a.model}/infer"
 
     async def closed_loop(n: int) -> float:
@@ -147,8 +177,9 @@ def overhead(a: argparse.Namespace, setup: Setup, cfg: EngineConfig, out: dict) 
         "requests_per_s": a.overhead / (t1 - t0),
         "cpu_ms": {"server": (s1 - s0) / a.overhead * 1e3, "client": (c1 - c0) / a.overhead * 1e3},
     }
+    r["server"] = "bare uvicorn (reads the body)" if a.bare else "recsched, null engine"
     out["overhead"] = r
-    print(f"null engine: {r['requests']} requests of {r['mean_body_kb']:.0f} KB on average, "
+    print(f"{r['server']}: {r['requests']} requests of {r['mean_body_kb']:.0f} KB on average, "
           f"{r['requests_per_s']:.0f}/s; CPU ms per request: server {r['cpu_ms']['server']:.3f}, "
           f"load generator {r['cpu_ms']['client']:.3f}")  # fmt: skip
 
@@ -689,12 +720,19 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--overhead", type=int, help="only: N requests to a null-engine server")
     ap.add_argument("--concurrency", type=int, default=4, help="--overhead: requests at once")
+    ap.add_argument(
+        "--bare", action="store_true",
+        help="--overhead against a raw ASGI app on uvicorn that only reads the body: the floor",
+    )  # fmt: skip
+    ap.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--serve-config", help=argparse.SUPPRESS)
     ap.add_argument("--null-engine", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
         return serve_main(a)
+    if a.serve_bare:
+        return bare_main(a.serve_bare)
 
     setup = Setup.make(a.model, a.scale, a.seed, None, sla_ms=a.sla_ms, sla_x=a.sla_x)
     cfg = setup.config(a.preset, lanes=a.lanes, **({"order": a.order} if a.order else {}))
