@@ -172,7 +172,7 @@ class Setup:
         """Graph and cost model for operator-level policies (none for `sequential`)."""
         if cfg.operator == "sequential":
             return {}
-        g = cfg.granularity
+        g = self.resolve_granularity(cfg).granularity  # `auto` if not resolved before
         if g not in self._graphs:
             from recsched.graph import build_graph
             from recsched.graph.cost import CostModel

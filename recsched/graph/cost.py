@@ -75,6 +75,11 @@ class CostModel:
     ) -> CostModel:
         """Read a profile dict (`profile_model` / `load_profile`) for `graph`'s ops. The
         `model` granularity's one op costs the whole forward (`whole_ms`), with no dispatch."""
+        if granularity == "auto":
+            raise ValueError(
+                "granularity `auto` is chosen before a cost model is built "
+                "(recsched.sched.opstream.resolve_granularity)"
+            )
         if granularity == "model" and "model" not in profile["granularities"]:
             one = {"ops": {op.name: profile["whole_ms"] for op in graph.ops}, "dispatch_us": 0.0}
             profile = {**profile, "granularities": {**profile["granularities"], "model": one}}

@@ -377,6 +377,7 @@ def fidelity(
     setup = Setup.make(
         model, scale, seed, classes, sizes, arrivals, sla_ms, None, percentile, need_sla=False
     )
+    cfg = setup.resolve_granularity(cfg)  # `auto` (the opstream preset's) chosen per model
     if profile is None:
         profile = fresh_profile(setup.adapter, cfg)
     graph_info = policy_cost = None

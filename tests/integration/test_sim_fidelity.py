@@ -430,3 +430,19 @@ def test_in_run_uses_the_real_runs_hand_off_as_the_task_overhead(profile_path):
     assert row["in_run_task_overhead_s"] == 0.0009
     assert row["sim_in_run"]["p50"] > row["sim"]["p50"] + 0.8  # ms: the hand-off is charged
     assert row["sim_in_run_noise"]["p50"] > row["sim"]["p50"] + 0.8
+
+
+def test_the_opstream_presets_auto_granularity_is_chosen_before_simulating(profile_path):
+    """The `opstream` preset's granularity is `auto`: fidelity picks it from the model's
+    profile (as the real engine's setup does) and simulates that graph."""
+    prof = json.loads(profile_path.read_text())
+
+    def real(q: float) -> dict:
+        return {"offered_qps": q, "latency_ms": {"p50": 1.0, "p95": 2.0, "p99": 3.0}}
+
+    r = fidelity(
+        MODEL, prof, [20.0], "opstream", duration_s=0.5, seed=1, sla_ms=500.0,
+        sizes="fixed:64", real=real, interference="none",
+    )  # fmt: skip
+    assert r["config"]["granularity"] in ("model", "coarse", "fine")
+    assert math.isfinite(r["loads"][0]["sim"]["p95"])
