@@ -302,8 +302,11 @@ def rmc1_setup(
             make_runner, dyn, setup.sla_ms, budget=args.tune_budget, start_qps=start, log=log
         )
     configs["deeprecsched"] = dyn
-    configs["opstream"] = preset("opstream", lanes=lanes, threads_per_lane=tpl).replace(
-        batch_size=dyn.batch_size, merge_delay_ms=dyn.merge_delay_ms
+    configs["opstream"] = setup.resolve_granularity(  # `auto`: chosen once, per model
+        preset("opstream", lanes=lanes, threads_per_lane=tpl).replace(
+            request=dyn.request, batch_size=dyn.batch_size, merge_delay_ms=dyn.merge_delay_ms
+        ),
+        log,
     )
     meta = {
         "model": args.model,
