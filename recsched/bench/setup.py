@@ -150,10 +150,9 @@ class Setup:
         if cfg.operator == "sequential":
             return None
         prof = calibrate.profile(self.adapter, threads=cfg.threads_per_lane)
-        sizes = parse_sizes(self.sizes).sample(4096, np.random.default_rng(self.seed))
-        return resolve_granularity(cfg.replace(granularity="auto"), prof, [int(n) for n in sizes])[
-            1
-        ]
+        mix = parse_sizes(self.sizes).sample(4096, np.random.default_rng(self.seed))
+        auto = cfg.replace(granularity="auto")
+        return resolve_granularity(auto, prof, [int(n) for n in mix])[1]
 
     def tuned_knobs(
         self, cfg: EngineConfig, log: Log | None = None, *, tune: bool = True

@@ -156,13 +156,11 @@ def same_batches(old: EngineConfig, new: EngineConfig, max_items: float) -> bool
     does, so a step between them changes nothing for them: `whole` reads neither knob, and
     `split` never waits on its merge delay and cuts no query within the smaller batch size.
     `dynamic` merges up to B with its delay, so any change there counts."""
-    if math.isnan(max_items) or old.request != new.request:
-        return False
-    if {**old.to_dict(), "batch_size": 0, "merge_delay_ms": 0} != {
-        **new.to_dict(),
-        "batch_size": 0,
-        "merge_delay_ms": 0,
-    }:
+
+    def rest(c: EngineConfig) -> dict[str, Any]:
+        return {**c.to_dict(), "batch_size": 0, "merge_delay_ms": 0}
+
+    if math.isnan(max_items) or rest(old) != rest(new):
         return False
     if old.request == "whole":
         return True

@@ -114,8 +114,8 @@ def resolve_auto(cfg: EngineConfig, profile: Any, sizes: str, seed: int = 0) -> 
 
     if cfg.granularity != "auto":
         return cfg
-    if profile is None or hasattr(profile, "whole_s"):
-        return resolve_granularity(cfg.replace(granularity="model"), {}, ())[0]
+    if profile is None or hasattr(profile, "whole_s"):  # nothing measured to choose from
+        return cfg.replace(granularity="coarse" if cfg.operator == "sequential" else "model")
     n = parse_sizes(sizes).sample(4096, np.random.default_rng(seed))
     return resolve_granularity(cfg, load_profile_dict(profile), [int(x) for x in n])[0]
 
