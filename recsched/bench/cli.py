@@ -254,9 +254,10 @@ def bench_cmd(
         _fail(f"unknown driver {driver!r} or scenario {scenario!r}")
     accel = _accel(offload_threshold, accel_lanes, [preset])
     s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile)
-    cfg = s.config(
-        preset, lanes=lanes, threads_per_lane=threads_per_lane, batch_size=batch_size, **accel
-    )
+    cfg = s.config(  # logs a tuning on a cache miss, and an `auto` granularity's choice
+        preset, _log, lanes=lanes, threads_per_lane=threads_per_lane, batch_size=batch_size,
+        **accel,
+    )  # fmt: skip
     rec = TraceRecorder(process_name=f"{model} {preset}") if trace is not None else None
     online = _online(s, cfg, percentile, retune_sizes) if retune or retune_sizes else None
     if driver == "mlperf":
