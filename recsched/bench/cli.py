@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.table import Table
 
 from recsched.config import DEFAULT_BATCH_SIZE, PRESETS
 from recsched.metrics.report import bench_table, capacity_table, compare_table, write_json
+
+if TYPE_CHECKING:
+    from recsched.bench.setup import Setup
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 
@@ -410,8 +413,26 @@ def compare_cmd(
         "sla_ms": s.sla_ms,
         "presets": caps,
         "ratios": {n: c["latency_bounded_qps"] / base for n, c in caps.items()},
+        "same_as_first": _same_as_first(s, names, caps),
     }
     _emit(r, compare_table(r), json_path)
+
+
+def _same_as_first(s: Setup, names: list[str], caps: dict[str, dict]) -> list[str]:
+    """The presets after the first that served the first's configuration in effect (the
+    tuner can keep its start: then their ratio is the machine's run-to-run noise)."""
+    from recsched.config import EngineConfig
+    from recsched.sched.request import serving_form
+    from recsched.workload.sizes import parse_sizes
+
+    if s.arrivals.startswith("trace") or any(caps[n].get("config") is None for n in names):
+        return []  # a trace's sizes are not the spec's
+    cap = parse_sizes(s.sizes).cap
+
+    def form(n: str) -> EngineConfig:
+        return serving_form(EngineConfig(**caps[n]["config"]), cap)
+
+    return [n for n in names[1:] if form(n) == form(names[0])]
 
 
 def tune_cmd(

@@ -187,12 +187,23 @@ def compare_table(result: Mapping[str, Any]) -> Table:
         _steal(r) for cap in (result.get("presets") or {}).values() for r in cap.get("runs") or []
     ]
     stolen = [x for x in steals if x is not None and x >= STEAL_NOTE]
+    notes = []
+    same = result.get("same_as_first") or []
+    if same:
+        first = next(iter(result.get("presets") or {}), "the first")
+        notes.append(
+            f"{', '.join(same)} served {first}'s configuration in effect: "
+            f"{'its ratio is' if len(same) == 1 else 'their ratios are'} the machine's "
+            "run-to-run noise, not a gain"
+        )
     if stolen:
-        t.caption = (
+        notes.append(
             f"the hypervisor took {100 * STEAL_NOTE:.0f}% or more of the CPU in {len(stolen)} "
             f"of {len(steals)} runs (up to {100 * max(stolen):.0f}%): read those verdicts "
             "with care"
         )
+    if notes:
+        t.caption = "; ".join(notes)
     return t
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from itertools import count
 
 from recsched import sched
-from recsched.config import DEFAULT_BATCH_SIZE
+from recsched.config import DEFAULT_BATCH_SIZE, EngineConfig
 from recsched.types import Batch, Part, Query
 
 
@@ -76,6 +76,22 @@ def saturated_batches(
         out.append(merging)
     assert sum(out) == sum(int(n) for n in sizes), "every item in exactly one batch"
     return out
+
+
+def serving_form(cfg: EngineConfig, max_items: int) -> EngineConfig:
+    """`cfg` with the knobs that cannot change how queries of at most `max_items` items are
+    served set to fixed values, so that two configurations that serve alike compare equal:
+    `split` with B >= `max_items` is `whole`; `whole` reads neither B nor the merge delay;
+    `split` never waits on its delay; the `sequential` operator level runs no graph."""
+    if cfg.request == "split" and cfg.batch_size >= max_items:
+        cfg = cfg.replace(request="whole")
+    if cfg.request == "whole":
+        cfg = cfg.replace(batch_size=DEFAULT_BATCH_SIZE, merge_delay_ms=0.0)
+    elif cfg.request == "split":
+        cfg = cfg.replace(merge_delay_ms=0.0)
+    if cfg.operator == "sequential":
+        cfg = cfg.replace(granularity="coarse", opstream={})
+    return cfg
 
 
 class RequestPolicy:

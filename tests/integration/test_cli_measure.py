@@ -287,3 +287,18 @@ def test_tune_without_refresh_reuses_a_cached_configuration(monkeypatch, tmp_pat
     monkeypatch.setattr(tune_mod, "run_tuning", climb)
     res = CliRunner().invoke(app, ["tune", MODEL, *SIM, "--budget", "4", "--refresh"])
     assert climbed == [1] and isinstance(res.exception, RuntimeError)
+
+
+def test_compare_says_when_a_preset_served_the_first_ones_configuration(tmp_path, no_tuning):
+    """The tuner can keep its start, `split` B=1024, which serves every production query
+    whole, as the baseline does: `compare` says so rather than show the ratio as a gain."""
+    sim = Setup.make(MODEL, sla_ms=SLA_MS, sim=True)
+    lanes, tpl = default_lanes()
+    cache_tuned(sim, {"request": "split", "batch_size": 1024, "merge_delay_ms": 0.0,
+                      "lanes": lanes, "threads_per_lane": tpl})  # fmt: skip
+    out = tmp_path / "cmp.json"
+    text = invoke("compare", MODEL, "--presets", "baseline,deeprecsched,dynamic", *SIM,
+                  "--json", str(out))  # fmt: skip
+    r = json.loads(out.read_text())
+    assert r["same_as_first"] == ["deeprecsched"]  # `dynamic` (B=256, merging) is not
+    assert "deeprecsched served baseline's configuration in effect" in text

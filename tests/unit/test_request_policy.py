@@ -118,3 +118,23 @@ def test_default_b_is_shared_by_the_policy_and_the_config():
     p.push(q(1, 600), 0.0)
     assert parts(p.schedule(0.0)) == [(Part(1, 0, 256),), (Part(1, 256, 512),)]
     assert p.pending_items() == 88
+
+
+def test_serving_form_equates_configurations_that_serve_alike():
+    from recsched.config import EngineConfig
+    from recsched.sched.request import serving_form
+
+    whole = EngineConfig(request="whole")
+    big_split = EngineConfig(request="split", batch_size=1024, merge_delay_ms=2.0)
+    assert serving_form(big_split, 1000) == serving_form(whole, 1000)  # no query is cut
+    assert serving_form(big_split, 1025) != serving_form(whole, 1025)  # one can be
+    split = EngineConfig(request="split", batch_size=256)
+    assert serving_form(split, 1000) == serving_form(split.replace(merge_delay_ms=3.0), 1000)
+    dyn = EngineConfig(request="dynamic", batch_size=1024)
+    assert serving_form(dyn, 1000) != serving_form(whole, 1000)  # it merges
+    assert serving_form(dyn, 1000) != serving_form(dyn.replace(merge_delay_ms=2.0), 1000)
+    # the sequential level runs no graph; operator-level ones do
+    assert serving_form(whole.replace(granularity="model"), 1000) == serving_form(whole, 1000)
+    ops = whole.replace(operator="opstream")
+    assert serving_form(ops.replace(granularity="model"), 1000) != serving_form(ops, 1000)
+    assert serving_form(ops, 1000) != serving_form(whole, 1000)
