@@ -78,11 +78,12 @@ def saturated_batches(
     return out
 
 
-def serving_form(cfg: EngineConfig, max_items: int) -> EngineConfig:
+def serving_form(cfg: EngineConfig, max_items: float) -> EngineConfig:
     """`cfg` with the knobs that cannot change how queries of at most `max_items` items are
     served set to fixed values, so that two configurations that serve alike compare equal:
     `split` with B >= `max_items` is `whole`; `whole` reads neither B nor the merge delay;
-    `split` never waits on its delay; the `sequential` operator level runs no graph."""
+    `split` never waits on its delay; the `sequential` operator level runs no graph. (A NaN
+    `max_items`, nothing known of the sizes, cuts nothing to `whole`.)"""
     if cfg.request == "split" and cfg.batch_size >= max_items:
         cfg = cfg.replace(request="whole")
     if cfg.request == "whole":

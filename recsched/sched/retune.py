@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from recsched.config import EngineConfig
+from recsched.sched.request import serving_form
 from recsched.sched.tuner import TuningSpace
 
 REASONS = (
@@ -153,20 +154,10 @@ class RegimeTable:
 
 def same_batches(old: EngineConfig, new: EngineConfig, max_items: float) -> bool:
     """Whether `new` cuts and merges queries of at most `max_items` items exactly as `old`
-    does, so a step between them changes nothing for them: `whole` reads neither knob, and
-    `split` never waits on its merge delay and cuts no query within the smaller batch size.
-    `dynamic` merges up to B with its delay, so any change there counts."""
-
-    def rest(c: EngineConfig) -> dict[str, Any]:
-        return {**c.to_dict(), "batch_size": 0, "merge_delay_ms": 0}
-
-    if math.isnan(max_items) or rest(old) != rest(new):
-        return False
-    if old.request == "whole":
-        return True
-    if old.request == "split":
-        return max_items <= min(old.batch_size, new.batch_size)
-    return old == new
+    does, so a step between them changes nothing for them (`request.serving_form`: `whole`
+    reads neither knob; `split` never waits on its merge delay and cuts no query within the
+    smaller batch size; `dynamic` merges up to B with its delay, so any change counts)."""
+    return serving_form(old, max_items) == serving_form(new, max_items)
 
 
 class LocalStepper:
