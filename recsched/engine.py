@@ -121,10 +121,10 @@ class Engine:
         self.graph = graph
         if config.operator != "sequential" and graph is None:
             from recsched.graph import build_graph
+            from recsched.sched.opstream import resolve_granularity
 
             # `auto` is chosen from a profile (Setup.resolve); without one, the measured default
-            g = "model" if config.granularity == "auto" else config.granularity
-            self.graph = build_graph(adapter, g)
+            self.graph = build_graph(adapter, resolve_granularity(config)[0].granularity)
         kinds: list[LaneKind] = ["cpu"] * config.lanes
         if config.offload_threshold is not None:
             kinds += ["accel"] * max(1, config.accel_lanes)

@@ -133,26 +133,24 @@ class Setup:
 
     def resolve_granularity(self, cfg: EngineConfig, log: Log | None = None) -> EngineConfig:
         """`cfg` with an `auto` granularity chosen for this model and size mix
-        (`granularity_choice`); the sequential level's `auto` becomes the unused `coarse`."""
-        if cfg.granularity != "auto":
-            return cfg
-        choice = self.granularity_choice(cfg)
-        if choice is None:
-            return cfg.replace(granularity="coarse")
-        if log is not None:
+        (`opstream.resolve_granularity` on the model's profile)."""
+        cfg, choice = self._granularity(cfg)
+        if log is not None and choice is not None:
             costs = ", ".join(f"{g} {ms:.1f}" for g, ms in choice.lane_ms_per_kitem.items())
             log(f"granularity {choice.choice} (lane ms per 1k items: {costs})")
-        return cfg.replace(granularity=choice.choice)
+        return cfg
 
     def granularity_choice(self, cfg: EngineConfig) -> GranularityChoice | None:
         """`choose_granularity` for `cfg`'s request knobs (resolved) on this model's profile
         (cached per machine) and a seeded sample of the size mix; None for `sequential`."""
-        if cfg.operator == "sequential":
-            return None
+        return self._granularity(cfg.replace(granularity="auto"))[1]
+
+    def _granularity(self, cfg: EngineConfig) -> tuple[EngineConfig, GranularityChoice | None]:
+        if cfg.granularity != "auto" or cfg.operator == "sequential":
+            return resolve_granularity(cfg)  # nothing to measure
         prof = calibrate.profile(self.adapter, threads=cfg.threads_per_lane)
         mix = parse_sizes(self.sizes).sample(4096, np.random.default_rng(self.seed))
-        auto = cfg.replace(granularity="auto")
-        return resolve_granularity(auto, prof, [int(n) for n in mix])[1]
+        return resolve_granularity(cfg, prof, [int(n) for n in mix])
 
     def tuned_knobs(
         self, cfg: EngineConfig, log: Log | None = None, *, tune: bool = True

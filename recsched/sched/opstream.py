@@ -1186,16 +1186,19 @@ def choose_granularity(
 
 
 def resolve_granularity(
-    cfg: EngineConfig, profile: Mapping[str, Any], sizes: Sequence[int]
+    cfg: EngineConfig, profile: Mapping[str, Any] | None = None, sizes: Sequence[int] = ()
 ) -> tuple[EngineConfig, GranularityChoice | None]:
     """`cfg` with an `auto` granularity chosen for queries of `sizes` (a sample of the served
     mix) by `choose_granularity` on `profile`, and the choice (None when there was nothing to
     choose). The request knobs must be resolved first (`tuned` reads as `dynamic`). The
-    sequential level runs no graph: its `auto` becomes the unused default, `coarse`."""
+    sequential level runs no graph: its `auto` becomes the unused default, `coarse`. With no
+    profile (nothing measured to choose from) it is `model`, the measured default."""
     if cfg.granularity != "auto":
         return cfg, None
     if cfg.operator == "sequential":
         return cfg.replace(granularity="coarse"), None
+    if profile is None:
+        return cfg.replace(granularity="model"), None
     batches = saturated_batches(sizes, cfg.request, cfg.batch_size, cfg.merge_delay_ms * 1e-3)
     choice = choose_granularity(profile, batches)
     return cfg.replace(granularity=choice.choice), choice

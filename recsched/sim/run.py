@@ -115,7 +115,7 @@ def resolve_auto(cfg: EngineConfig, profile: Any, sizes: str, seed: int = 0) -> 
     if cfg.granularity != "auto":
         return cfg
     if profile is None or hasattr(profile, "whole_s"):  # nothing measured to choose from
-        return cfg.replace(granularity="coarse" if cfg.operator == "sequential" else "model")
+        return resolve_granularity(cfg)[0]
     n = parse_sizes(sizes).sample(4096, np.random.default_rng(seed))
     return resolve_granularity(cfg, load_profile_dict(profile), [int(x) for x in n])[0]
 
