@@ -102,6 +102,9 @@ class RunRecord:
     machine_cpu: dict[str, float] | None = None
     # a run stopped once its SLA verdict could only be a miss (`stop_on_miss`): where
     stopped: dict[str, Any] | None = None
+    # CPU seconds over the run: the process, the lanes' tasks, the driver thread; lane tasks
+    # run (what the simulator's host model is calibrated by: `recsched.sim.host`)
+    cpu: dict[str, float] | None = None
 
 
 def run_open_loop(
@@ -149,7 +152,9 @@ def run_open_loop(
     late = rejected = 0
     busy0 = [lane.stats.busy_s for lane in engine.lanes]
     cpu0 = [lane.stats.cpu_s for lane in engine.lanes]
+    tasks0 = sum(lane.stats.tasks for lane in engine.lanes)
     ticks0 = machine_ticks()
+    proc0, driver0 = time.process_time(), time.thread_time()
     t0 = clock.now() + 0.02
     last_report = 0.0
     issued, stopped = n, None
@@ -189,6 +194,12 @@ def run_open_loop(
         time.sleep(0.005)
     why = "benchmark drain timeout" if stopped is None else "run stopped: its SLA was missed"
     unfinished = engine.abort(why) if len(log) < issued else 0
+    cpu = {
+        "process_s": time.process_time() - proc0,
+        "lanes_s": sum(lane.stats.cpu_s for lane in engine.lanes) - sum(cpu0),
+        "driver_s": time.thread_time() - driver0,
+        "tasks": sum(lane.stats.tasks for lane in engine.lanes) - tasks0,
+    }
     wall = max(clock.now(), t_end) - t0
     util = [
         min(1.0, (lane.stats.busy_s - b) / max(wall, 1e-9))
@@ -205,7 +216,7 @@ def run_open_loop(
     return RunRecord(
         log, issued, rejected, late, workload.duration_s, wall, util,
         float(cfg.lanes * cfg.threads_per_lane), unfinished, running,
-        machine_shares(ticks0, machine_ticks()), stopped,
+        machine_shares(ticks0, machine_ticks()), stopped, cpu,
     )  # fmt: skip
 
 
@@ -253,6 +264,7 @@ def bench_result(
         "lane_utilization": record.lane_utilization,
         "lane_running": record.lane_running,
         "machine_cpu": record.machine_cpu,
+        **({"cpu": {**record.cpu, "completed": ok_queries}} if record.cpu is not None else {}),
         "cost_core_s_per_1k": cost_core_s_per_1k(record.cores, record.wall_s, s["within_sla"]),
         "latency_cdf_ms": latency_cdf_ms(record.log),
         **({"stopped": record.stopped} if record.stopped is not None else {}),

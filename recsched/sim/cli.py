@@ -293,6 +293,15 @@ def fidelity_cmd(
             "with one factor, once trace-driven (each task draws a measured ratio of its size).",
         ),
     ] = False,
+    host: Annotated[
+        bool,
+        typer.Option(
+            "--host/--no-host",
+            help="Model the host's own CPU per query (driver, submission, completion) on the "
+            "lanes' cores, calibrated by the probe run and, in-run, by each load's real runs; "
+            "the errors without it are reported beside.",
+        ),
+    ] = True,
     json_path: JsonOpt = None,
 ) -> None:
     """Simulated vs real p50/p95/p99 at three loads, same seed and configuration."""
@@ -326,7 +335,7 @@ def fidelity_cmd(
         model, profile, loads, cfg, duration_s=duration, seed=seed, scale=scale, sla_ms=sla_ms,
         arrivals=arrivals, sizes=sizes, classes=classes, task_overhead_s=overhead,
         interference=interference, on_load=on_load, repeats=repeats, on_real=on_real,
-        in_run=in_run, loads_from=loads_from,
+        in_run=in_run, loads_from=loads_from, host=host,
     )  # fmt: skip
     r["preset"] = name
     cap = r["capacity"]
@@ -335,6 +344,8 @@ def fidelity_cmd(
         console.print(f"[dim]loads from a capacity of {cap['qps']:.1f} qps ({how}; profile "
                       f"estimate {cap['profile_qps']:.1f})[/dim]")  # fmt: skip
     console.print(fidelity_table(r))
+    if "without_host" in r:
+        console.print(host_note(r))
     if "median_real_spread" in r:
         console.print(noise_floor_note(r))
     if json_path is not None:
@@ -398,6 +409,19 @@ def fidelity_table(r: dict) -> Table:
             f"p99 {_pct(wn['p99'])} (p95 {ok} the goal)"
         )
     return t
+
+
+def host_note(r: dict) -> str:
+    """The host model's calibration and the largest p95 errors without it."""
+    parts = []
+    if r.get("host"):
+        h = r["host"]
+        parts.append(f"host CPU per query {h['submit_us']:.0f} + {h['complete_us']:.0f} us "
+                     f"(submit + complete, probe run)")  # fmt: skip
+    names = {"error": "profile", "error_in_run": "in-run", "error_in_run_noise": "traced"}
+    wo = ", ".join(f"{names[k]} {_pct(v['p95'])}" for k, v in r["without_host"].items())
+    parts.append(f"largest p95 |error| without the host model: {wo}")
+    return "; ".join(parts)
 
 
 def noise_floor_note(r: dict) -> str:

@@ -64,12 +64,12 @@ def why_not(cluster: Cluster) -> str | None:
             return f"server {sv.index} runs {cfg.request}+{cfg.operator}, not whole+sequential"
         if getattr(cfg, "order", "fifo") != "fifo":
             return f"server {sv.index} orders its queue by {cfg.order}, not FIFO"
-        if cfg.order != "fifo":
-            return f"server {sv.index} orders its queue by {cfg.order}, not fifo"
         if any(k != "cpu" for k in sv.state.kinds):
             return f"server {sv.index} has accelerator lanes"
         if sv.state.models["cpu"].noise is not None:
             return f"server {sv.index} draws service-time noise"
+        if sv.stype.host is not None:
+            return f"server {sv.index} models the host's CPU beside its lanes"
     return None
 
 

@@ -44,6 +44,7 @@ import numpy as np
 
 from recsched.config import EngineConfig
 from recsched.metrics.machine import run_share
+from recsched.sim.host import HostModel
 from recsched.sim.interference import DEFAULT, calibrate_model
 from recsched.sim.lanes import ServiceNoise
 from recsched.sim.run import (
@@ -332,6 +333,7 @@ def fidelity(
     on_real: Callable[[float, int, dict], None] | None = None,
     in_run: bool = False,
     loads_from: str = "run",
+    host: bool = True,
 ) -> dict[str, Any]:
     """Run real and simulated loads side by side; per-load errors at p50/p95/p99.
 
@@ -361,6 +363,11 @@ def fidelity(
     bin), the result "in_run_noise". It needs the sequential operator
     policy (whole-model tasks); with an injected `real`, its results carry the tasks under
     "lane_tasks" (a list of [items, seconds]).
+    `host=True` models the host's CPU per query beside the lanes (`recsched.sim.host`),
+    calibrated by the probe run's CPU accounting for the simulation from the profile, and by
+    each load's own real runs for the in-run ones; the result's "host" and rows' "in_run_host"
+    say what was used (None: the runs did not record it), and rows' "without_host" and the
+    result's "without_host" give the same simulations' errors without it, side by side.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -388,11 +395,15 @@ def fidelity(
     if isinstance(interference, str) and interference == "model":
         interference = model_interference(setup.adapter, sizes, cfg.threads_per_lane, seed)
     graph_info = graph_info if graph_info is not None else getattr(cost, "graph", None)
-    types = server_types(
-        cfg, cost, 1, graph_info=graph_info, interference=interference,
-        task_overhead_s=task_overhead_s, policy_cost=policy_cost, idle=idle_model(profile),
-    )  # fmt: skip
-    sim = sim_run_fn(setup, cfg, name, duration_s, types=types)
+
+    def types_with(host_model: HostModel | None) -> list:
+        return server_types(
+            cfg, cost, 1, graph_info=graph_info, interference=interference,
+            task_overhead_s=task_overhead_s, policy_cost=policy_cost, idle=idle_model(profile),
+            host=host_model,
+        )  # fmt: skip
+
+    host_model: HostModel | None = None
     if real is None:
         real = setup.run_fn(cfg, name, duration_s, trace=in_run)
     capacity: dict[str, Any] = {"source": "given"}
@@ -407,10 +418,23 @@ def fidelity(
             if found:
                 capacity.update(source="run", probe_qps=probe, qps=min(found),
                                 lanes_qps=by_lanes, cpu_qps=by_cpu)  # fmt: skip
+            if host:
+                host_model = HostModel.from_run(probed, task_overhead_s)
         qps_list = [round(f * capacity["qps"], 1) for f in DEFAULT_LOADS]
+    types = types_with(host_model)
+    sim_host = sim_run_fn(setup, cfg, name, duration_s, types=types)
+    plain: dict[float, dict] = {}  # the same simulation without the host model
+    sim_plain = sim_run_fn(setup, cfg, name, duration_s, types=types_with(None))
+
+    def sim(q: float) -> dict:
+        if host_model is not None:
+            plain[q] = sim_plain(q)
+        return sim_host(q)
+
     scales: dict[float, list[float]] = {}
     task_lists: dict[float, list] = {}
     gap_lists: dict[float, list[float]] = {}
+    cpu_lists: dict[float, list[dict]] = {}
 
     def real_and_scale(q: float) -> dict:
         r = real(q)
@@ -422,20 +446,29 @@ def fidelity(
             scales.setdefault(q, []).append(in_run_scale(tasks, cost.whole_s))
             task_lists.setdefault(q, []).extend(tasks)
             gap_lists.setdefault(q, []).extend(gaps)
+            if host and r.get("cpu"):
+                cpu_lists.setdefault(q, []).append(r)
         return r
 
     rows = run_loads(qps_list, real_and_scale, sim, repeats, on_load=on_load, on_real=on_real)
+    for row in rows:
+        if float(row["qps"]) in plain:
+            row["without_host"] = {
+                "error": compare(_as_real(row), plain[float(row["qps"])])["error"]
+            }
     extra: dict[str, Any] = {}
     if in_run:
         if not isinstance(profile, dict):
             raise ValueError("in-run calibration rescales a profile dict, not a cost object")
 
-        def in_run_sim(row: dict, cost_model: Any, over: float, noise: Any = None) -> dict:
+        def in_run_sim(
+            row: dict, cost_model: Any, over: float, noise: Any = None, hm: Any = None
+        ) -> dict:
             """The simulator against `row`'s real runs, interference and idle model off (the
-            measured task times hold both), the real hand-off `over` per task."""
+            measured task times hold both), the real hand-off `over` per task, host `hm`."""
             t = server_types(
                 cfg, cost_model, 1, graph_info=graph_info, interference="none",
-                task_overhead_s=over, policy_cost=policy_cost, noise=noise,
+                task_overhead_s=over, policy_cost=policy_cost, noise=noise, host=hm,
             )  # fmt: skip
             s = sim_run_fn(setup, cfg, name, duration_s, types=t)(float(row["qps"]))
             return compare(_as_real(row), s)
@@ -444,18 +477,32 @@ def fidelity(
             q = float(row["qps"])
             f = _median(scales[q])
             over = handoff_s(gap_lists.get(q, []), task_overhead_s)
-            c = in_run_sim(
-                row, make_cost(scaled_profile(profile, f), cfg.granularity, graph_info), over
+            hm = HostModel.median(
+                [m for r in cpu_lists.get(q, []) if (m := HostModel.from_run(r, over))]
             )
+            scaled = make_cost(scaled_profile(profile, f), cfg.granularity, graph_info)
+            noise = ServiceNoise.from_tasks(task_lists[q], cost.whole_s, seed=seed)
+            c = in_run_sim(row, scaled, over, hm=hm)
             row["in_run_scale"] = f
             row["in_run_task_overhead_s"] = over
+            row["in_run_host"] = hm.to_dict() if hm is not None else None
             row["sim_in_run"], row["error_in_run"] = c["sim"], c["error"]
-            noise = ServiceNoise.from_tasks(task_lists[q], cost.whole_s, seed=seed)
-            c = in_run_sim(row, cost, over, noise)
+            c = in_run_sim(row, cost, over, noise, hm)
             row["in_run_noise"] = noise.to_dict()
             row["sim_in_run_noise"], row["error_in_run_noise"] = c["sim"], c["error"]
+            if hm is not None:
+                wo = row.setdefault("without_host", {})
+                wo["error_in_run"] = in_run_sim(row, scaled, over)["error"]
+                wo["error_in_run_noise"] = in_run_sim(row, cost, over, noise)["error"]
         extra["in_run"] = summarize([{"error": r["error_in_run"]} for r in rows])
         extra["in_run_noise"] = summarize([{"error": r["error_in_run_noise"]} for r in rows])
+    wo_rows = [r["without_host"] for r in rows if "without_host" in r]
+    if wo_rows:
+        extra["without_host"] = {
+            k: summarize([{"error": w[k]} for w in wo_rows if k in w])["max_abs_error"]
+            for k in ("error", "error_in_run", "error_in_run_noise")
+            if any(k in w for w in wo_rows)
+        }
     return {
         "model": model,
         "preset": name,
@@ -466,6 +513,7 @@ def fidelity(
         "capacity": capacity,
         "sla_ms": setup.sla_ms,
         "task_overhead_s": task_overhead_s,
+        "host": host_model.to_dict() if host_model is not None else None,
         "interference": types[0].interference.to_dict(),
         "serving_correction": (profile or {}).get("serving_correction")
         if isinstance(profile, dict)

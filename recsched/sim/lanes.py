@@ -15,7 +15,8 @@ forward after the lane sat idle runs slower than one in a back-to-back loop, whi
 profiles are measured (cold caches, a descheduled core, thread wake-ups). With a
 `ServiceNoise` (trace-driven service times) `base` is further multiplied by a ratio drawn
 for each task from a real run's measured / predicted task times of that size. All factors
-are fixed when the task starts.
+are fixed when the task starts. With a host model (`recsched.sim.host`) the task runs
+slower while the host's own CPU work shares the cores (`HostCpu`).
 
 `NullLane` meets the `recsched.lanes.base.Lane` protocol: `submit(task, work)` ignores the
 closure, queues the task FIFO behind the one running, and reports a `LaneResult` through
@@ -285,7 +286,9 @@ class NullLane:
         self.cur_cls: str | None = None
         self.cur_start = 0.0
         self.idle_since = -math.inf  # when the lane last went idle
-        self._finish_cb = self._finish  # one bound method, not one per task
+        self.host: Any = None  # the server's `HostCpu`, when it models host CPU
+        self.gen = 0  # of the pending completion event, when the host re-times it
+        self.finish_cb = self._finish  # one bound method, not one per task
 
     # -- the Lane protocol -------------------------------------------------------------------
     def start(self) -> None:
@@ -336,12 +339,19 @@ class NullLane:
         if dm.noise is not None:
             f *= dm.noise.factor(n)
         self.cur, self.cur_cls, self.cur_start = task, cls, now
-        loop.at(now + base * f + extra, COMPLETE, self._finish_cb)
+        if self.host is None:
+            loop.at(now + base * f + extra, COMPLETE, self.finish_cb)
+        else:  # the cores are shared with the host's work: it times the task
+            self.host.start_lane(self, now, base * f + extra)
 
-    def _finish(self, _: Any = None) -> None:
+    def _finish(self, gen: int | None = None) -> None:
+        now = self.loop.clock._t
+        if self.host is not None:
+            if gen != self.gen:
+                return  # re-timed since: a later event ends the task
+            self.host.lane_done(self, now)
         task = self.cur
         assert task is not None, "a lane finished with nothing running"
-        now = self.loop.clock._t
         start = self.cur_start
         st = self.stats
         st.busy_s += now - start

@@ -29,6 +29,7 @@ from recsched.metrics.latency import LatencyLog, summarize_ms
 from recsched.metrics.report import cost_core_s_per_1k
 from recsched.sim.cluster import FAILED, OK, REJECTED, Cluster, ClusterRun
 from recsched.sim.front import FrontModel
+from recsched.sim.host import HostModel
 from recsched.sim.interference import InterferenceModel, resolve
 from recsched.sim.lanes import IdleModel, ServiceNoise
 from recsched.sim.server import ServerType
@@ -140,6 +141,7 @@ def server_types(
     policy_cost: Any = None,
     idle: IdleModel | None = None,
     noise: ServiceNoise | None = None,
+    host: HostModel | None = None,
 ) -> list[ServerType]:
     """One `ServerType` per server: `accel_servers` of them CPU+accelerator, the rest CPU.
 
@@ -148,7 +150,8 @@ def server_types(
     `policy_cost` is the cost model the operator policy is given (default: `cost`); give it
     the engine's when the simulator must decide exactly as a real run would. `idle`: the CPU
     lanes' slowdown after idling (`IdleModel.from_profile`). `noise`: trace-driven service
-    times (`ServiceNoise`; the exact fast path then does not apply).
+    times (`ServiceNoise`; the exact fast path then does not apply). `host`: the host's own
+    CPU per query beside the lanes (`recsched.sim.host`; nor does it then).
     """
     assert servers >= 1
     inter = resolve(interference)
@@ -167,6 +170,7 @@ def server_types(
         "policy_cost": policy_cost,
         "idle": idle,
         "noise": noise,
+        "host": host,
     }
     out: list[ServerType] = []
     if n_accel:
@@ -446,7 +450,7 @@ def sim_run_fn(
 
 _TYPE_OPTIONS = (
     "servers", "accel_profile", "accel_servers", "graph_info", "interference", "task_overhead_s",
-    "policy_cost",
+    "policy_cost", "host",
 )  # fmt: skip
 
 
@@ -463,7 +467,7 @@ def _types_for(cfg: EngineConfig, profile: Any, options: dict[str, Any]) -> list
         interference=options.get("interference"),
         task_overhead_s=options.get("task_overhead_s", DEFAULT_TASK_OVERHEAD_S),
         policy_cost=options.get("policy_cost"),
-        idle=idle_model(profile),
+        idle=idle_model(profile), host=options.get("host"),
     )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from recsched.sched.core import SchedulerCore
 from recsched.sched.operator import make_operator_policy
 from recsched.sched.request import RequestPolicy
 from recsched.sim.events import TIMER, EventLoop
+from recsched.sim.host import HostCpu, HostModel
 from recsched.sim.interference import DEFAULT, InterferenceModel
 from recsched.sim.lanes import DurationModel, IdleModel, NullLane, ServiceNoise, cached
 from recsched.types import Batch, LaneKind, LaneResult, Query, Task
@@ -51,6 +52,8 @@ class ServerType:
     scatter) on top of the model's time (`accel_overhead_s` on accelerator lanes). `idle`
     slows tasks that start on a lane that sat idle (`recsched.sim.lanes.IdleModel`). `noise`
     multiplies each CPU task by a measured ratio of its size (`recsched.sim.lanes.ServiceNoise`).
+    `host` adds the host's own CPU work per query, sharing the cores with the CPU lanes
+    (`recsched.sim.host`).
     """
 
     name: str
@@ -64,6 +67,7 @@ class ServerType:
     accel_overhead_s: float | None = None  # None: task_overhead_s
     idle: IdleModel | None = None  # CPU lanes' slowdown after idling (from the profile)
     noise: ServiceNoise | None = None  # CPU lanes' trace-driven service-time spread
+    host: HostModel | None = None  # the host's CPU per query, beside the lanes
 
     def __post_init__(self) -> None:
         assert self.cost is not None, f"server type {self.name!r} needs a cost model"
@@ -138,11 +142,18 @@ class SimServer:
         self.sizes: dict[int, int] = {}  # bid -> rows, for in-flight batches
         self._batch_cls: dict[int, str] = {}  # bid -> class of its first query (traces)
         self._queries: dict[int, tuple[Query, float]] = {}  # qid -> (query, predicted work)
+        self._entering: set[int] = set()  # accepted, the host's submit work not yet done
         self._wake_at: float | None = None
         self.submitted = self.rejected = self.completed = self.failed = 0
         self.work_s = 0.0  # predicted drain time of unfinished queries (balancers)
         self.load_slot: tuple[Any, int] | None = None  # (array, i): mirror work_s there
         self.lanes = self._make_lanes()
+        self.host: HostCpu | None = None
+        if stype.host is not None:
+            self.host = HostCpu(stype.host, loop)
+            for lane in self.lanes:
+                if lane.kind == "cpu":
+                    lane.host = self.host
 
     def _make_lanes(self) -> list[NullLane]:
         st = self.state
@@ -175,11 +186,24 @@ class SimServer:
         else:
             w = 0.0
         self._queries[q.qid] = (q, w)
+        if self.host is not None:  # the scheduler sees it once the host has taken it in
+            self._entering.add(q.qid)
+            self.host.work(now, self.host.model.submit_s, self._enter, q)
+            return True
         if self.on_decision is not None:
             self.on_decision("arrive", now, q.qid)
         core.admit(q, now)
         self._step(now)
         return True
+
+    def _enter(self, q: Query) -> None:
+        """A query reaches the scheduler after the host's submit work (host model)."""
+        now = self.clock._t
+        self._entering.discard(q.qid)
+        if self.on_decision is not None:
+            self.on_decision("arrive", now, q.qid)
+        self.core.admit(q, now)
+        self._step(now)
 
     def on_lane_done(self, result: LaneResult) -> None:
         now = result.end_s
@@ -202,12 +226,18 @@ class SimServer:
                     self.failed += 1
                 if self.on_decision is not None:
                     self.on_decision("done", now, qid)
-                self.on_query(qid, now, error)
+                if self.host is None:
+                    self.on_query(qid, now, error)
+                else:  # done once the host has finished it
+                    self.host.work(now, self.host.model.complete_s, self._finished, (qid, error))
             if not queries:
                 self.work_s = 0.0  # no drift from float sums
             if self.load_slot is not None:
                 self.load_slot[0][self.load_slot[1]] = self.work_s
         self._step(now)
+
+    def _finished(self, arg: tuple[int, str | None]) -> None:
+        self.on_query(arg[0], self.clock._t, arg[1])
 
     def _on_timer(self, wake: float) -> None:
         if wake != self._wake_at:
@@ -305,6 +335,9 @@ class SimServer:
 
     def check_invariants(self) -> None:
         self.core.check_invariants()
-        assert set(self._queries) == set(self.core.queries), "server and core agree on queries"
+        assert set(self._queries) == set(self.core.queries) | self._entering, (
+            "server and core agree on queries (bar those the host is taking in)"
+        )
+        assert not (self._entering & set(self.core.queries)), "a query entered twice"
         busy = sum(lane.backlog() for lane in self.lanes)
         assert busy >= len([lane for lane in self.lanes if lane.busy()])

@@ -39,6 +39,12 @@ def test_bench_once_serves_every_query(name):
     m = r["machine_cpu"]  # the machine's CPU shares over the run (None off Linux)
     assert m is None or (set(m) == {"busy", "idle", "steal"} and sum(m.values()) <= 1.0 + 1e-9)
     assert r["cost_core_s_per_1k"] > 0
+    # CPU accounting (the simulator's host model is calibrated by it): the lanes' tasks and
+    # the driver thread are parts of the process; at least one lane task per query
+    c = r["cpu"]
+    assert c["completed"] == n and c["tasks"] >= n
+    assert 0 < c["lanes_s"] and 0 < c["driver_s"]
+    assert c["lanes_s"] + c["driver_s"] <= c["process_s"] * 1.05
     # per class, per second of arrivals: every query in one second, tails within the run's
     for c, rows in r["timeline"].items():
         assert sum(q for _, q, _ in rows) == r["classes"][c]["queries"]

@@ -66,6 +66,13 @@ def test_fidelity_errors_are_computed_at_three_loads(profile_path):
     assert all(math.isfinite(v) for v in r["max_abs_error"].values())
     assert isinstance(r["p95_within_goal"], bool)
     assert "mixed|mixed" in r["interference"]["cpu"]
+    # the real runs' CPU accounting calibrated the in-run host model (no probe: loads given)
+    assert r["host"] is None
+    for row in r["loads"]:
+        h = row["in_run_host"]
+        assert h["submit_us"] > 0 and h["complete_us"] >= 0 and h["cores"] >= 1
+        assert set(row["without_host"]) == {"error_in_run", "error_in_run_noise"}
+    assert set(r["without_host"]) == {"error_in_run", "error_in_run_noise"}
 
 
 def test_error_arithmetic():
@@ -184,7 +191,7 @@ ROW_KEYS = {
 RESULT_KEYS = {
     "model", "preset", "config", "scale", "seed", "duration_s", "sla_ms", "task_overhead_s",
     "interference", "serving_correction", "loads", "max_abs_error", "goal_p95",
-    "p95_within_goal", "capacity",
+    "p95_within_goal", "capacity", "host",
 }  # fmt: skip
 
 
@@ -328,6 +335,23 @@ def test_default_loads_are_fractions_of_the_capacity_a_probe_run_measures(profil
     assert r["capacity"]["qps"] == min(r["capacity"]["cpu_qps"], r["capacity"]["lanes_qps"])
     with pytest.raises(ValueError, match="loads_from"):
         fidelity(MODEL, prof, None, "baseline", real=real, loads_from="guess", **kw)
+
+    def accounted(qps: float) -> dict:  # 2 ms of driver and 1 ms more of host CPU per query
+        n = round(qps * kw["duration_s"])
+        cpu = {"process_s": 0.004 * n, "lanes_s": 0.001 * n, "driver_s": 0.002 * n,
+               "tasks": n, "completed": n}  # fmt: skip
+        return real(qps) | {"cpu": cpu}
+
+    r = fidelity(MODEL, prof, None, "baseline", real=accounted, **kw)
+    h = r["host"]  # from the probe, the default hand-off taken out of the completion side
+    assert h["submit_us"] == pytest.approx(2000.0)
+    over_us = fidelity_mod.DEFAULT_TASK_OVERHEAD_S * 1e6
+    assert h["complete_us"] == pytest.approx(1000.0 - over_us)
+    for row in r["loads"]:  # the host's 3 ms per query shows in every latency
+        assert row["error"]["p50"] > row["without_host"]["error"]["p50"]
+    assert set(r["without_host"]) == {"error"}
+    off = fidelity(MODEL, prof, None, "baseline", real=accounted, host=False, **kw)
+    assert off["host"] is None and "without_host" not in off
 
 
 def test_fidelity_command_repeats_prints_the_noise_floor(tmp_path, profile_path, monkeypatch):

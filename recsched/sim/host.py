@@ -1,0 +1,180 @@
+"""The host's own CPU work per query, on the same cores as the lanes.
+
+A real server spends CPU outside its lanes' tasks on every query: the open-loop driver issues
+it and the engine takes it in (`submit`), and after its last task the engine finishes it
+(reassembly, the future, the latency log). That work is Python: the GIL runs it one thread
+at a time, so the simulator models it as one more thread, the *host*, a FIFO of CPU work
+beside the lanes. It matters when the lanes fill the cores (two single-threaded lanes on two
+cores): then the host's work comes in the same bursts as the queries, and while it runs the
+busy lanes share the cores with it and slow down, exactly when the queue is long.
+
+With `L` CPU lanes busy and `C` cores, while the host has work every runnable thread gets
+`min(1, C / (L + 1))` of a core: processor sharing, re-timed whenever a thread starts or
+stops (`HostCpu`). A lane task's own time is what the lane model gives it (cost,
+interference, idle and noise factors, hand-off), and the lanes' contention among themselves
+is the interference table's, so the lanes run at `min(1, C / (L + 1)) / min(1, C / L)` of it
+while the host works and at full speed while it is idle; on two lanes and two cores, 2/3.
+
+`HostModel.from_run` calibrates it from a real `bench` run's CPU accounting (its `cpu`): the
+driver thread's CPU per query is the submit side; the rest of the process's CPU beyond the
+lanes' tasks and their hand-offs (which the simulated lanes already charge) is the
+completion side.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from recsched.sim.events import COMPLETE, EventLoop
+
+
+@dataclass(frozen=True)
+class HostModel:
+    """CPU seconds of host work per query before it reaches the scheduler (`submit_s`) and
+    after its last task (`complete_s`), on a machine of `cores` CPUs."""
+
+    submit_s: float
+    complete_s: float
+    cores: int
+
+    def __post_init__(self) -> None:
+        if self.submit_s < 0 or self.complete_s < 0:
+            raise ValueError(f"host CPU per query is >= 0, got {self.submit_s}, {self.complete_s}")
+        if self.cores < 1:
+            raise ValueError(f"cores must be >= 1, got {self.cores}")
+
+    @classmethod
+    def from_run(
+        cls, result: Mapping[str, Any], handoff_s: float = 0.0, cores: int | None = None
+    ) -> HostModel | None:
+        """From a `bench` result's CPU accounting (`cpu`: process, lanes' tasks and driver
+        seconds, tasks, completed queries): submit = driver CPU per query; complete = the
+        process's CPU beyond the lanes' tasks, the driver and `handoff_s` per task (what the
+        simulated lanes charge), per query, at least 0. None when the run did not record it
+        or completed no query."""
+        c = result.get("cpu") or {}
+        done = float(c.get("completed") or 0)
+        if done < 1 or not all(k in c for k in ("process_s", "lanes_s", "driver_s", "tasks")):
+            return None
+        rest = c["process_s"] - c["lanes_s"] - c["driver_s"] - c["tasks"] * handoff_s
+        return cls(
+            submit_s=max(0.0, c["driver_s"] / done),
+            complete_s=max(0.0, rest / done),
+            cores=cores or os.cpu_count() or 1,
+        )
+
+    @classmethod
+    def median(cls, models: list[HostModel]) -> HostModel | None:
+        """The median of each figure over several runs' models (None for none)."""
+        if not models:
+            return None
+        mid = len(models) // 2
+        sub = sorted(m.submit_s for m in models)[mid]
+        com = sorted(m.complete_s for m in models)[mid]
+        return cls(sub, com, models[0].cores)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "submit_us": round(self.submit_s * 1e6, 2),
+            "complete_us": round(self.complete_s * 1e6, 2),
+            "cores": self.cores,
+        }
+
+
+class HostCpu:
+    """One server's cores shared by its busy CPU lanes and its host thread (processor
+    sharing, module docstring): whenever a thread starts or stops, the others' remaining
+    work is re-timed at the new rates.
+
+    Lanes hand it their tasks' solo seconds (`start_lane`) and tell it when one ends
+    (`lane_done`); the server queues host work (`work`), FIFO, with a handler to call when it
+    is done. Completion events carry a generation number: an event made stale by a re-timing
+    is ignored when it fires.
+    """
+
+    def __init__(self, model: HostModel, loop: EventLoop) -> None:
+        self.model = model
+        self.loop = loop
+        self.cores = model.cores
+        self.running: dict[Any, float] = {}  # lane -> remaining solo seconds of its task
+        self.items: deque[tuple[float, Callable[[Any], None], Any]] = deque()
+        self.head_left = 0.0  # remaining solo seconds of the host's current item
+        self.lane_rate = 1.0  # of a lane task's own time, the host's share taken out
+        self.host_rate = 1.0  # of a core, for the host
+        self.since = 0.0  # when the remaining work above was last brought up to date
+        self.gen = 0  # of the host's pending completion event
+        self.busy_s = 0.0  # wall seconds the host thread had work
+        self._done_cb = self._host_done
+
+    # -- lanes ---------------------------------------------------------------------------------
+    def start_lane(self, lane: Any, now: float, solo_s: float) -> None:
+        """`lane` starts a task of `solo_s` solo seconds at `now`."""
+        self._advance(now)
+        self.running[lane] = solo_s
+        self._retime(now, lane=lane)
+
+    def lane_done(self, lane: Any, now: float) -> None:
+        """`lane`'s task ended at `now` (its completion event was current)."""
+        self._advance(now)
+        del self.running[lane]
+        self._retime(now)
+
+    # -- host work -----------------------------------------------------------------------------
+    def work(self, now: float, cpu_s: float, fn: Callable[[Any], None], arg: Any) -> None:
+        """Queue `cpu_s` of host work; `fn(arg)` runs when it is done (at once, for no work
+        and an idle host)."""
+        if cpu_s <= 0.0 and not self.items:
+            fn(arg)
+            return
+        self._advance(now)
+        self.items.append((cpu_s, fn, arg))
+        if len(self.items) == 1:
+            self.head_left = cpu_s
+            self._retime(now, host=True)
+
+    def _host_done(self, gen: int) -> None:
+        if gen != self.gen:
+            return  # re-timed since
+        now = self.loop.clock._t
+        self._advance(now)
+        _, fn, arg = self.items.popleft()
+        if self.items:
+            self.head_left = self.items[0][0]
+        self._retime(now, host=bool(self.items))
+        fn(arg)
+
+    # -- processor sharing ---------------------------------------------------------------------
+    def _advance(self, now: float) -> None:
+        """Bring every runnable thread's remaining work up to `now` at the current rate."""
+        dt = now - self.since
+        if dt > 0.0:
+            done = dt * self.lane_rate
+            for lane in self.running:
+                self.running[lane] -= done
+            if self.items:
+                self.head_left -= dt * self.host_rate
+                self.busy_s += dt
+        self.since = now
+
+    def _retime(self, now: float, lane: Any = None, host: bool = False) -> None:
+        """Set the rates for the runnable threads now; schedule the completion of `lane` and
+        (with `host`) of the host's head item, or of every thread if a rate changed."""
+        c, lanes = self.cores, len(self.running)
+        share = 1.0 if lanes + 1 <= c else c / (lanes + 1)  # each thread's, host included
+        host_rate = share if self.items else 1.0
+        lane_rate = share / (1.0 if lanes <= c else c / lanes) if self.items else 1.0
+        changed = lane_rate != self.lane_rate or host_rate != self.host_rate
+        self.lane_rate, self.host_rate = lane_rate, host_rate
+        loop = self.loop
+        for ln, left in self.running.items():
+            if changed or ln is lane:
+                ln.gen += 1
+                loop.at(now + max(0.0, left) / lane_rate, COMPLETE, ln.finish_cb, ln.gen)
+        if self.items and (changed or host):
+            self.gen += 1
+            at = now + max(0.0, self.head_left) / host_rate
+            loop.at(at, COMPLETE, self._done_cb, self.gen)
