@@ -94,6 +94,20 @@ def _default_profile(model: str, scale: str, cfg: EngineConfig) -> dict:
     return lane_profile(load_model(model, scale=scale), cfg.threads_per_lane)
 
 
+def _host_model(spec: str, cfg: EngineConfig) -> Any:
+    """`--host-us SUBMIT,COMPLETE[,CORES]` as a `HostModel`."""
+    from recsched.sim.host import HostModel
+
+    try:
+        parts = [float(x) for x in spec.split(",")]
+        if len(parts) not in (2, 3):
+            raise ValueError("give SUBMIT,COMPLETE or SUBMIT,COMPLETE,CORES")
+        cores = int(parts[2]) if len(parts) == 3 else cfg.lanes * cfg.threads_per_lane
+        return HostModel(parts[0] * 1e-6, parts[1] * 1e-6, cores)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{spec!r}: {exc}", param_hint="--host-us") from None
+
+
 def simulate_cmd(
     model: ModelArg,
     servers: Annotated[int, typer.Option("--servers", help="Number of servers.")] = 1,
@@ -135,6 +149,15 @@ def simulate_cmd(
             "service per request), e.g. the one benchmarks/ray_replicas.py calibrates.",
         ),
     ] = None,
+    host_us: Annotated[
+        str | None,
+        typer.Option(
+            "--host-us",
+            help="Each server's own CPU per query beside its lanes, in microseconds: "
+            "SUBMIT,COMPLETE[,CORES] (cores default: lanes x threads per lane), sharing the "
+            "cores with the lanes (recsched.sim.host; `recsched fidelity` prints a measured one).",
+        ),
+    ] = None,
     json_path: JsonOpt = None,
 ) -> None:
     """Simulate N servers behind a load balancer, running the real scheduling policies."""
@@ -171,6 +194,7 @@ def simulate_cmd(
         _fail(str(exc))
         raise
     overhead = task_overhead_us * 1e-6 if task_overhead_us is not None else None
+    host_model = _host_model(host_us, cfg) if host_us is not None else None
     front_model = None
     if front is not None:
         try:
@@ -191,7 +215,7 @@ def simulate_cmd(
                 accel_profile=accel_profile, accel_servers=accel_servers, graph_info=graph_info,
                 interference=inter, workload=wl, trace=trace, progress=on_progress,
                 task_overhead_s=overhead if overhead is not None else DEFAULT_TASK_OVERHEAD_S,
-                preset_name=name, front=front_model,
+                preset_name=name, front=front_model, host=host_model,
             )  # fmt: skip
         except (ValueError, KeyError, FileNotFoundError) as exc:
             _fail(str(exc))

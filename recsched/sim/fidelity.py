@@ -294,6 +294,17 @@ def engine_overhead_s(
     return max(0.0, statistics.median(o - d for o, d in zip(over, durs, strict=True)))
 
 
+def idle_beside_host(profile: Any, host: HostModel | None) -> Any:
+    """The profile's idle model (`idle_model`), its engine extra after idling less the host's
+    work per query when `host` models that: the extra was measured end to end
+    (`engine_overhead_s`: driver, submission, hand-off, completion), so it holds the host's
+    work, which must not be charged twice."""
+    idle = idle_model(profile)
+    if idle is not None and host is not None:
+        idle.extra_s = max(0.0, idle.extra_s - host.submit_s - host.complete_s)
+    return idle
+
+
 def model_interference(adapter: Any, sizes: str, threads: int = 1, seed: int = 0) -> Any:
     """The default table with F[mixed, mixed] measured on `adapter` at the median and p90
     query sizes, with the lanes' thread count (`calibrate_model`)."""
@@ -399,8 +410,8 @@ def fidelity(
     def types_with(host_model: HostModel | None) -> list:
         return server_types(
             cfg, cost, 1, graph_info=graph_info, interference=interference,
-            task_overhead_s=task_overhead_s, policy_cost=policy_cost, idle=idle_model(profile),
-            host=host_model,
+            task_overhead_s=task_overhead_s, policy_cost=policy_cost,
+            idle=idle_beside_host(profile, host_model), host=host_model,
         )  # fmt: skip
 
     host_model: HostModel | None = None

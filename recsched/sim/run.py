@@ -230,6 +230,7 @@ def simulate(
     preset_name: str | None = None,
     fast: bool | None = None,
     front: FrontModel | None = None,
+    host: HostModel | None = None,
 ) -> dict[str, Any]:
     """Simulate `servers` servers under an open-loop load of `qps` (whole cluster).
 
@@ -242,6 +243,7 @@ def simulate(
     loop: `recsched.sim.fastpath`; `fast=False` forbids it, `fast=True` requires it).
     `front`: a front tier before the balancer (`recsched.sim.front`): the servers see each
     query when it leaves the front's stages, and its latency gains the stages and the delay.
+    `host`: each server's own CPU per query beside its lanes (`recsched.sim.host`).
     """
     t_start = time.perf_counter()
     cfg, name = resolve_config(config)
@@ -258,7 +260,7 @@ def simulate(
         types = server_types(
             cfg, cost, servers, accel_cost=accel, accel_servers=accel_servers,
             graph_info=graph_info, interference=interference, task_overhead_s=task_overhead_s,
-            idle=idle_model(profile),
+            idle=idle_model(profile), host=host,
         )  # fmt: skip
     wl = workload if workload is not None else make_workload(
         qps, duration_s, arrivals=arrivals, sizes=sizes, classes=classes, seed=seed
@@ -279,6 +281,8 @@ def simulate(
     )  # fmt: skip
     if front is not None:
         result["front"] = front.to_dict()
+    if host is not None:
+        result["host"] = host.to_dict()
     wall = time.perf_counter() - t_start
     result["sim_wall_s"] = wall  # the whole call: workload, event loop, summaries
     result["sim_queries_per_s"] = len(wl) / max(wall, 1e-9)

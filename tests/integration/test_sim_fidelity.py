@@ -115,6 +115,15 @@ def test_simulate_and_fidelity_commands(tmp_path, profile_path):
     r2 = json.loads(out2.read_text())
     assert r2["front"]["delay_ms"] == [5.0]
     assert r2["latency_ms"]["p50"] == pytest.approx(r["latency_ms"]["p50"] + 5.0)
+    # and with 0.5 + 0.25 ms of host CPU per query on each server's cores: every query pays it
+    out3 = tmp_path / "sim_host.json"
+    res = CliRunner().invoke(app, [*args, "--host-us", "500,250", "--json", str(out3)])
+    assert res.exit_code == 0, res.output
+    r3 = json.loads(out3.read_text())
+    assert r3["host"] == {"submit_us": 500.0, "complete_us": 250.0, "cores": 2}
+    assert r3["latency_ms"]["p50"] >= r["latency_ms"]["p50"] + 0.75 - 1e-9
+    res = CliRunner().invoke(app, [*args, "--host-us", "500"])
+    assert res.exit_code == 2 and "SUBMIT,COMPLETE" in res.output
     front.write_text(json.dumps({"delay": [5.0]}))
     res = CliRunner().invoke(app, [*args, "--front", str(front)])
     assert res.exit_code == 2 and "unknown front model keys" in res.output
@@ -336,22 +345,32 @@ def test_default_loads_are_fractions_of_the_capacity_a_probe_run_measures(profil
     with pytest.raises(ValueError, match="loads_from"):
         fidelity(MODEL, prof, None, "baseline", real=real, loads_from="guess", **kw)
 
-    def accounted(qps: float) -> dict:  # 2 ms of driver and 1 ms more of host CPU per query
+    def accounted(qps: float) -> dict:  # 20 us of driver and 130 us more host CPU per query
         n = round(qps * kw["duration_s"])
-        cpu = {"process_s": 0.004 * n, "lanes_s": 0.001 * n, "driver_s": 0.002 * n,
+        cpu = {"process_s": 0.00115 * n, "lanes_s": 0.001 * n, "driver_s": 0.00002 * n,
                "tasks": n, "completed": n}  # fmt: skip
         return real(qps) | {"cpu": cpu}
 
     r = fidelity(MODEL, prof, None, "baseline", real=accounted, **kw)
     h = r["host"]  # from the probe, the default hand-off taken out of the completion side
-    assert h["submit_us"] == pytest.approx(2000.0)
+    assert h["submit_us"] == pytest.approx(20.0)
     over_us = fidelity_mod.DEFAULT_TASK_OVERHEAD_S * 1e6
-    assert h["complete_us"] == pytest.approx(1000.0 - over_us)
-    for row in r["loads"]:  # the host's 3 ms per query shows in every latency
+    assert h["complete_us"] == pytest.approx(130.0 - over_us)
+    for row in r["loads"]:  # the host's work per query shows in every latency
         assert row["error"]["p50"] > row["without_host"]["error"]["p50"]
     assert set(r["without_host"]) == {"error"}
     off = fidelity(MODEL, prof, None, "baseline", real=accounted, host=False, **kw)
     assert off["host"] is None and "without_host" not in off
+    # the engine's extra after idling was measured end to end: beside a host model it is
+    # charged less the host's work, not twice
+    sc = {"idle_ratios": [1.0] * len(prof["batch_sizes"]), "idle_from_s": 2e-4,
+          "idle_gap_s": 0.02, "idle_extra_s": 5e-4}  # fmt: skip
+    with_sc = {**prof, "serving_correction": sc}
+    assert fidelity_mod.idle_beside_host(with_sc, None).extra_s == 5e-4
+    hm = fidelity_mod.HostModel(1e-4, 2e-4, 2)
+    assert fidelity_mod.idle_beside_host(with_sc, hm).extra_s == pytest.approx(2e-4)
+    assert fidelity_mod.idle_beside_host(with_sc, fidelity_mod.HostModel(1e-3, 0, 2)).extra_s == 0
+    assert fidelity_mod.idle_beside_host(prof, hm) is None  # no idle model to correct
 
 
 def test_fidelity_command_repeats_prints_the_noise_floor(tmp_path, profile_path, monkeypatch):
