@@ -102,8 +102,8 @@ class RunRecord:
     machine_cpu: dict[str, float] | None = None
     # a run stopped once its SLA verdict could only be a miss (`stop_on_miss`): where
     stopped: dict[str, Any] | None = None
-    # CPU seconds over the run: the process, the lanes' tasks, the driver thread; lane tasks
-    # run (what the simulator's host model is calibrated by: `recsched.sim.host`)
+    # CPU seconds over the run: the process, the lanes' tasks, the driver thread (and of it,
+    # issuing the queries); lane tasks run (the simulator's host model: `recsched.sim.host`)
     cpu: dict[str, float] | None = None
 
 
@@ -155,6 +155,7 @@ def run_open_loop(
     tasks0 = sum(lane.stats.tasks for lane in engine.lanes)
     ticks0 = machine_ticks()
     proc0, driver0 = time.process_time(), time.thread_time()
+    thread_time, issue_cpu = time.thread_time, 0.0
     t0 = clock.now() + 0.02
     last_report = 0.0
     issued, stopped = n, None
@@ -175,8 +176,10 @@ def run_open_loop(
             time.sleep(delay)
         elif -delay > LATE_S:
             late += 1
+        c0 = thread_time()  # the CPU on the query's path: the issue and the submission
         q = workload.query(i, model, sla_ms, t0)
         fut = engine.submit(q, pool.take(int(offsets[i]), sizes[i]))
+        issue_cpu += thread_time() - c0
         if fut.done() and isinstance(fut.exception(), (QueueFull, EngineClosed)):
             rejected += 1  # never served: a failure for the log and the watch alike
             r = QueryResult(q.qid, q.cls, q.n_items, q.arrival_s, q.arrival_s, "rejected")
@@ -198,6 +201,7 @@ def run_open_loop(
         "process_s": time.process_time() - proc0,
         "lanes_s": sum(lane.stats.cpu_s for lane in engine.lanes) - sum(cpu0),
         "driver_s": time.thread_time() - driver0,
+        "issue_s": issue_cpu,  # of the driver's: building and submitting the queries
         "tasks": sum(lane.stats.tasks for lane in engine.lanes) - tasks0,
     }
     wall = max(clock.now(), t_end) - t0

@@ -441,7 +441,8 @@ def host_note(r: dict) -> str:
     if r.get("host"):
         h = r["host"]
         parts.append(f"host CPU per query {h['submit_us']:.0f} + {h['complete_us']:.0f} us "
-                     f"(submit + complete, probe run)")  # fmt: skip
+                     f"(submit + complete) and {h.get('background_us', 0):.0f} us off the "
+                     "queries' path (probe run)")  # fmt: skip
     names = {"error": "profile", "error_in_run": "in-run", "error_in_run_noise": "traced"}
     wo = ", ".join(f"{names[k]} {_pct(v['p95'])}" for k, v in r["without_host"].items())
     parts.append(f"largest p95 |error| without the host model: {wo}")

@@ -24,13 +24,17 @@ from recsched.sched.core import SchedulerCore
 from recsched.sched.operator import make_operator_policy
 from recsched.sched.request import RequestPolicy
 from recsched.sim.events import TIMER, EventLoop
-from recsched.sim.host import HostCpu, HostModel
+from recsched.sim.host import BACKGROUND, HostCpu, HostModel
 from recsched.sim.interference import DEFAULT, InterferenceModel
 from recsched.sim.lanes import DurationModel, IdleModel, NullLane, ServiceNoise, cached
 from recsched.types import Batch, LaneKind, LaneResult, Query, Task
 
 # on_query(qid, done_s, error): a query finished (error None) or failed
 OnQuery = Callable[[int, float, str | None], None]
+
+
+def _nothing(_: Any) -> None:
+    """The end of host work no query waits for."""
 
 
 def lane_kinds(config: EngineConfig) -> list[LaneKind]:
@@ -188,7 +192,10 @@ class SimServer:
         self._queries[q.qid] = (q, w)
         if self.host is not None:  # the scheduler sees it once the host has taken it in
             self._entering.add(q.qid)
-            self.host.work(now, self.host.model.submit_s, self._enter, q)
+            hm = self.host.model
+            self.host.work(now, hm.submit_s, self._enter, q)
+            if hm.background_s > 0.0:  # the driver's own, that no query waits for
+                self.host.work(now, hm.background_s, _nothing, None, BACKGROUND)
             return True
         if self.on_decision is not None:
             self.on_decision("arrive", now, q.qid)

@@ -120,7 +120,8 @@ def test_simulate_and_fidelity_commands(tmp_path, profile_path):
     res = CliRunner().invoke(app, [*args, "--host-us", "500,250", "--json", str(out3)])
     assert res.exit_code == 0, res.output
     r3 = json.loads(out3.read_text())
-    assert r3["host"] == {"submit_us": 500.0, "complete_us": 250.0, "cores": 2}
+    assert r3["host"] == {"submit_us": 500.0, "complete_us": 250.0, "background_us": 0.0,
+                          "cores": 2}  # fmt: skip
     assert r3["latency_ms"]["p50"] >= r["latency_ms"]["p50"] + 0.75 - 1e-9
     res = CliRunner().invoke(app, [*args, "--host-us", "500"])
     assert res.exit_code == 2 and "SUBMIT,COMPLETE" in res.output
@@ -353,7 +354,7 @@ def test_default_loads_are_fractions_of_the_capacity_a_probe_run_measures(profil
 
     r = fidelity(MODEL, prof, None, "baseline", real=accounted, **kw)
     h = r["host"]  # from the probe, the default hand-off taken out of the completion side
-    assert h["submit_us"] == pytest.approx(20.0)
+    assert h["submit_us"] == pytest.approx(20.0) and h["background_us"] == 0.0
     over_us = fidelity_mod.DEFAULT_TASK_OVERHEAD_S * 1e6
     assert h["complete_us"] == pytest.approx(130.0 - over_us)
     for row in r["loads"]:  # the host's work per query shows in every latency

@@ -88,6 +88,27 @@ def test_fast_path_steps_aside_for_a_host_model():
         Cluster([st], "roundrobin", fast=True).run(workload([0.0], [1]), "m", None)
 
 
+def test_background_work_takes_cores_but_no_query_waits_for_it():
+    """One lane; 0.125 s to take a query in, and 0.25 s of the driver's own work on a thread
+    of its own (no completion work). Two cores: at most two threads run at once, nothing
+    slows, and the query does not wait for the background work."""
+    st = stype(preset("baseline", lanes=1), HostModel(0.125, 0.0, 2, background_s=0.25))
+    log, run, cl = run_trace([st], workload([0.0], [1]))
+    # 0 - 0.125: the submit work and the background work share two cores: full speed each.
+    # 0.125: the task starts; lane + background = 2 threads on 2 cores: full speed.
+    # 0.25: the background work ends; the task (0.25 s) ends at 0.375.
+    assert [t for t, k, _ in strip_server(log) if k == "arrive"] == [0.125]
+    assert run.done_s.tolist() == [0.375]
+    # on one core the three share it: submit and background at 1/2 each until 0.25 (the
+    # submit work done), then the task and the background at 1/2 each ...
+    st1 = stype(preset("baseline", lanes=1), HostModel(0.125, 0.0, 1, background_s=0.25))
+    log1, run1, _ = run_trace([st1], workload([0.0], [1]))
+    assert [t for t, k, _ in strip_server(log1) if k == "arrive"] == [0.25]
+    # 0.25: background has 0.125 left, the task 0.25 (lane rate 1/2 relative to one lane
+    # alone on one core): the background ends at 0.5, the task has 0.125 left: done 0.625
+    assert run1.done_s.tolist() == [0.625]
+
+
 def test_host_model_from_a_runs_cpu_accounting():
     r = {"cpu": {"process_s": 3.0, "lanes_s": 1.5, "driver_s": 0.5, "tasks": 1000,
                  "completed": 500}}  # fmt: skip
@@ -96,6 +117,10 @@ def test_host_model_from_a_runs_cpu_accounting():
     assert m.submit_s == pytest.approx(1e-3)  # 0.5 s of driver over 500 queries
     assert m.complete_s == pytest.approx((3.0 - 1.5 - 0.5 - 0.2) / 500)
     assert HostModel.from_run({"cpu": {**r["cpu"], "process_s": 1.0}}).complete_s == 0.0
+    # the driver's CPU on the queries' path (issue_s) is the submit side, the rest background
+    m = HostModel.from_run({"cpu": {**r["cpu"], "issue_s": 0.2}}, handoff_s=2e-4, cores=2)
+    assert m.submit_s == pytest.approx(0.2 / 500) and m.background_s == pytest.approx(0.3 / 500)
+    assert m.complete_s == pytest.approx((3.0 - 1.5 - 0.5 - 0.2) / 500)
     assert HostModel.from_run({}) is None
     assert HostModel.from_run({"cpu": {**r["cpu"], "completed": 0}}) is None
     med = HostModel.median([HostModel(1.0, 3.0, 2), HostModel(2.0, 1.0, 2), HostModel(3, 2, 2)])
