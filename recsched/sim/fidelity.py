@@ -296,12 +296,13 @@ def engine_overhead_s(
 
 def idle_beside_host(profile: Any, host: HostModel | None) -> Any:
     """The profile's idle model (`idle_model`), its engine extra after idling less the host's
-    work per query when `host` models that: the extra was measured end to end
-    (`engine_overhead_s`: driver, submission, hand-off, completion), so it holds the host's
-    work, which must not be charged twice."""
+    submit work per query when `host` models that: the extra was measured end to end
+    (`engine_overhead_s`: the driver's wake-up, the submission, the hand-off to the lane; a
+    query's latency ends with its task), so it holds the submit work, which must not be
+    charged twice."""
     idle = idle_model(profile)
     if idle is not None and host is not None:
-        idle.extra_s = max(0.0, idle.extra_s - host.submit_s - host.complete_s)
+        idle.extra_s = max(0.0, idle.extra_s - host.submit_s)
     return idle
 
 

@@ -1,12 +1,14 @@
 """The host's own CPU work per query, on the same cores as the lanes.
 
 A real server spends CPU outside its lanes' tasks on every query: the open-loop driver issues
-it and the engine takes it in (`submit`), and after its last task the engine finishes it
-(reassembly, the future, the latency log). That work is Python: the GIL runs it one thread
-at a time, so the simulator models it as one more thread, the *host*, a FIFO of CPU work
-beside the lanes. It matters when the lanes fill the cores (two single-threaded lanes on two
-cores): then the host's work comes in the same bursts as the queries, and while it runs the
-busy lanes share the cores with it and slow down, exactly when the queue is long.
+it and the engine takes it in (`submit`: on the query's latency), and after its last task the
+engine finishes it (reassembly, the future, the latency log: off its latency, which the engine
+stamps with the task's end, but in the way of the next query's submission). That work is
+Python: the GIL runs it one thread at a time, so the simulator models it as one more thread,
+the *host*, a FIFO of CPU work beside the lanes. It matters when the lanes fill the cores
+(two single-threaded lanes on two cores): then the host's work comes in the same bursts as
+the queries, and while it runs the busy lanes share the cores with it and slow down, exactly
+when the queue is long.
 
 With `L` CPU lanes busy and `C` cores, while the host has work every runnable thread gets
 `min(1, C / (L + 1))` of a core (`L + 2` while the driver's background work runs too, on a
@@ -37,9 +39,9 @@ from recsched.sim.events import COMPLETE, EventLoop
 @dataclass(frozen=True)
 class HostModel:
     """CPU seconds of host work per query before it reaches the scheduler (`submit_s`), after
-    its last task (`complete_s`) and off its path (`background_s`: the driver's sleeping and
-    bookkeeping, on a thread of its own that no query waits for), on a machine of `cores`
-    CPUs."""
+    its last task (`complete_s`: off its latency, on the host's FIFO) and off its path
+    (`background_s`: the driver's sleeping and bookkeeping, on a thread of its own that no
+    query waits for), on a machine of `cores` CPUs."""
 
     submit_s: float
     complete_s: float

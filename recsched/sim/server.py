@@ -9,6 +9,10 @@ The engine's three entry points map one to one:
 
 and a step issues the tasks of `core.step(now)` to the lanes, as `Engine._step_locked` and
 `Engine._issue` do. Nothing in the policies knows it is simulated.
+
+With a host model (`recsched.sim.host`) a query reaches `core.admit` once the host's submit
+work for it is done; its completion work keeps the host busy after its last task, but its
+latency ends with that task, as the engine stamps it (`Engine._resolve`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ OnQuery = Callable[[int, float, str | None], None]
 
 
 def _nothing(_: Any) -> None:
-    """The end of host work no query waits for."""
+    """The end of host work no query's latency waits for."""
 
 
 def lane_kinds(config: EngineConfig) -> list[LaneKind]:
@@ -233,18 +237,14 @@ class SimServer:
                     self.failed += 1
                 if self.on_decision is not None:
                     self.on_decision("done", now, qid)
-                if self.host is None:
-                    self.on_query(qid, now, error)
-                else:  # done once the host has finished it
-                    self.host.work(now, self.host.model.complete_s, self._finished, (qid, error))
+                self.on_query(qid, now, error)
+                if self.host is not None:  # the host finishes it, off its latency
+                    self.host.work(now, self.host.model.complete_s, _nothing, None)
             if not queries:
                 self.work_s = 0.0  # no drift from float sums
             if self.load_slot is not None:
                 self.load_slot[0][self.load_slot[1]] = self.work_s
         self._step(now)
-
-    def _finished(self, arg: tuple[int, str | None]) -> None:
-        self.on_query(arg[0], self.clock._t, arg[1])
 
     def _on_timer(self, wake: float) -> None:
         if wake != self._wake_at:

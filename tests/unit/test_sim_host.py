@@ -23,7 +23,8 @@ def stype(config, host=None, **kw) -> ServerType:
 def test_exact_trace_host_work_shares_two_cores_with_two_busy_lanes():
     """0.25 s per item, two lanes, two cores; 0.125 s of host CPU to take a query in and 0.125
     s to finish it. Host work queues FIFO; while it runs beside two busy lanes every thread
-    gets 2/3 of a core, and the running tasks are re-timed each time that changes."""
+    gets 2/3 of a core, and the running tasks are re-timed each time that changes. A query's
+    latency ends with its last task (the finishing work only keeps the host busy)."""
     st = stype(preset("baseline", lanes=2), HostModel(0.125, 0.125, 2))
     log, run, cl = run_trace([st], workload([0.0, 0.0, 0.5], [4, 4, 1]))
     assert not cl.used_fast_path
@@ -39,17 +40,20 @@ def test_exact_trace_host_work_shares_two_cores_with_two_busy_lanes():
     # query 2's submit work runs beside two busy lanes: 0.125 / (2/3) = 0.1875 s, and
     # slows both lanes by as much: lane 0 ends at 0.125 + 1.0 + 0.0625
     assert events[:3] == [(0.6875, "arrive"), (0.6875, "batch"), (1.1875, "end")]
-    assert run.done_s.tolist() == [1.375, 1.5, 1.625]
+    # 1.1875: query 0's finishing work (0.125 s) and query 2's task start beside lane 1's
+    # last 0.125 s: three threads on two cores until 1.375, when lane 1 and the host finish;
+    # query 2's last 0.125 s then runs alone, to 1.5
+    assert run.done_s.tolist() == [1.1875, 1.375, 1.5]
     busy = [lane.stats.busy_s for lane in cl.servers[0].lanes]
     assert busy == [pytest.approx(1.0625 + 0.3125), pytest.approx(1.125)]
 
 
 def test_spare_cores_leave_the_lanes_alone_and_add_the_host_work_to_latency():
-    """Four cores for two lanes: nothing slows; an unqueued query takes submit + task +
-    complete."""
+    """Four cores for two lanes: nothing slows; an unqueued query takes its submit work and
+    its task (query 1's submit work waits for query 0's)."""
     st = stype(preset("baseline", lanes=2), HostModel(0.125, 0.0625, 4))
     _, run, _ = run_trace([st], workload([0.0, 0.0, 5.0], [4, 2, 1]))
-    assert run.done_s.tolist() == [0.125 + 1.0 + 0.0625, 0.25 + 0.5 + 0.0625, 5.4375]
+    assert run.done_s.tolist() == [0.125 + 1.0, 0.25 + 0.5, 5.375]
 
 
 @pytest.mark.parametrize("name", ["baseline", "dynamic", "split"])
@@ -78,7 +82,7 @@ def test_host_work_only_delays_queries():
         done = cl.run(workload(times, sizes), "m", None).done_s
         out.append((done, sum(lane.stats.busy_s for lane in cl.servers[0].lanes)))
     (d0, b0), (d1, b1) = out
-    assert (d1 >= d0 + 0.03 - 1e-9).all()
+    assert (d1 >= d0 + 0.01 - 1e-9).all()
     assert b1 >= b0 - 1e-9
 
 
