@@ -88,6 +88,9 @@ def sla_from_x(adapter: ModelAdapter, k: float, median_items: int, threads: int 
     return k * ms
 
 
+PROFILE_ROUNDS = 3  # measurements behind a cached profile, each figure the smallest
+
+
 def peak(adapter: ModelAdapter, refresh: bool = False) -> dict:
     """`recsched peak`: the offline throughput limit (cached)."""
     from recsched.graph.profile import measure_peak
@@ -98,15 +101,18 @@ def peak(adapter: ModelAdapter, refresh: bool = False) -> dict:
 
 def profile(adapter: ModelAdapter, threads: int = 1, refresh: bool = False, **kw: Any) -> dict:
     """`recsched profile` at the default batch sizes, with a lane's intra-op thread count
-    (one by default, as the default lanes run), cached. A model torch.fx cannot trace is
-    profiled whole only (no operators: the `model` granularity)."""
+    (one by default, as the default lanes run), each figure the smallest of `PROFILE_ROUNDS`
+    measurements (a slow spell of the machine would otherwise stay in the cache), cached. A
+    model torch.fx cannot trace is profiled whole only (no operators: the `model`
+    granularity)."""
     from recsched.graph.fx import traceable
     from recsched.graph.profile import profile_model
 
     def measure() -> dict:
         if "granularities" not in kw and not traceable(adapter):
             kw["granularities"] = ()
+        kw.setdefault("rounds", PROFILE_ROUNDS)
         return profile_model(adapter, threads=threads, **kw)
 
-    key = f"profile-{model_key(adapter)}-t{threads}"
+    key = f"profile-{model_key(adapter)}-t{threads}-r{PROFILE_ROUNDS}"
     return cached(key, measure, refresh)

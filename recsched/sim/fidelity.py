@@ -242,16 +242,7 @@ def fresh_profile(adapter: Any, config: EngineConfig, rounds: int = 3) -> dict[s
     from recsched.sim.run import serving_correction
 
     t = config.threads_per_lane
-    profs = [
-        profile_model(adapter, granularities=(config.granularity,), threads=t)
-        for _ in range(rounds)
-    ]
-    prof = profs[0]
-    prof["whole_ms"] = [min(v) for v in zip(*(p["whole_ms"] for p in profs), strict=True)]
-    ops = prof["granularities"][config.granularity]["ops"]
-    for name in ops:
-        runs = (p["granularities"][config.granularity]["ops"][name] for p in profs)
-        ops[name] = [min(v) for v in zip(*runs, strict=True)]
+    prof = profile_model(adapter, granularities=(config.granularity,), threads=t, rounds=rounds)
     out = serving_correction(adapter, prof, t)
     add_engine_idle_cost(out, adapter, config)
     return out

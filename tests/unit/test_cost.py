@@ -149,6 +149,24 @@ def test_profile_round_trip(tmp_path) -> None:
         load_profile(tmp_path / "bad.json")
 
 
+def test_fastest_of_keeps_each_timings_smallest() -> None:
+    from recsched.graph.profile import fastest_of, profile_model
+
+    def prof(whole, op, run, disp):
+        gran = {"ops": {"a": op}, "run_ms": run, "dispatch_us": disp, "n_ops": 1}
+        return {"model": "m", "batch_sizes": [1, 4], "whole_ms": whole,
+                "granularities": {"coarse": gran}}  # fmt: skip
+
+    slow_first = prof([2.0, 3.0], [1.0, 5.0], [4.0, 4.0], 9.0)
+    out = fastest_of([slow_first, prof([1.0, 6.0], [2.0, 2.0], [3.0, 8.0], 7.0)])
+    assert out["whole_ms"] == [1.0, 3.0] and out["rounds"] == 2
+    g = out["granularities"]["coarse"]
+    assert g["ops"]["a"] == [1.0, 2.0] and g["run_ms"] == [3.0, 4.0] and g["dispatch_us"] == 7.0
+    assert slow_first["whole_ms"] == [2.0, 3.0]  # the inputs are not changed
+    two = profile_model(tiny(), batch_sizes=(1, 4), repeats=1, warmup=0, threads=1, rounds=2)
+    assert two["rounds"] == 2 and len(two["whole_ms"]) == 2
+
+
 def test_measure_peak_shape() -> None:
     from recsched.graph.profile import measure_peak
 
