@@ -88,6 +88,12 @@ class HostModel:
         bg = sorted(m.background_s for m in models)[mid]
         return cls(sub, com, models[0].cores, bg)
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> HostModel:
+        """The inverse of `to_dict` (microseconds)."""
+        return cls(d["submit_us"] * 1e-6, d["complete_us"] * 1e-6, int(d["cores"]),
+                   d.get("background_us", 0.0) * 1e-6)  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "submit_us": round(self.submit_s * 1e6, 2),

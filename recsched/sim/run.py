@@ -281,7 +281,8 @@ def simulate(
     )  # fmt: skip
     if front is not None:
         result["front"] = front.to_dict()
-    if host is not None:
+    host = next((t.host for t in types if t.host is not None), None)
+    if host is not None:  # what the servers were given (the first type's)
         result["host"] = host.to_dict()
     wall = time.perf_counter() - t_start
     result["sim_wall_s"] = wall  # the whole call: workload, event loop, summaries
@@ -485,6 +486,8 @@ def _setup_run_fn(
     if types is None:
         if profile is None:
             profile = lane_profile(ad, cfg.threads_per_lane)
+        if "host" not in options:  # this machine's host CPU per query, measured once
+            options["host"] = lane_host(setup, cfg)
         if cfg.operator != "sequential":
             extras = setup.engine_extras(cfg)  # what the real engine's policy is given
             options.setdefault("graph_info", extras["graph"].info)
@@ -529,6 +532,37 @@ def lane_profile(adapter: Any, threads: int = 1, serving: bool = True) -> dict[s
         return out
 
     return calibrate.cached(f"{key}-serving-v5", measure) if serving else measure()
+
+
+HOST_PROBE_S = 2.0  # the real run that calibrates `lane_host`
+HOST_PROBE_LOAD = 0.3  # its load, a fraction of the capacity the lane profile predicts
+
+
+def lane_host(setup: Any, cfg: EngineConfig) -> HostModel | None:
+    """The host's CPU per query for `setup`'s model served on `cfg`'s lanes on this machine
+    (`recsched.sim.host`), cached per machine: from one real run of the baseline at
+    `HOST_PROBE_LOAD` of the capacity the lane profile predicts (`HostModel.from_run`; None
+    if the run recorded no CPU accounting). The lanes' costs alone would put `--sim` above
+    the real engine where the driver and the engine share the lanes' cores."""
+    import dataclasses as dc
+
+    from recsched.bench import calibrate
+    from recsched.sim.fidelity import estimated_capacity_qps
+
+    ad = setup.adapter
+    lanes, tpl = cfg.lanes, cfg.threads_per_lane
+    key = f"host-{calibrate.model_key(ad)}-l{lanes}t{tpl}-v1"
+
+    def measure() -> dict[str, Any]:
+        base = EngineConfig(lanes=lanes, threads_per_lane=tpl)  # whole + sequential
+        cost = make_cost(lane_profile(ad, tpl), base.granularity, None)
+        qps = HOST_PROBE_LOAD * estimated_capacity_qps(cost, base, setup.sizes, setup.seed)
+        real = dc.replace(setup, sim=False).run_fn(base, "baseline", HOST_PROBE_S)
+        hm = HostModel.from_run(real(round(qps, 1)), DEFAULT_TASK_OVERHEAD_S)
+        return hm.to_dict() if hm is not None else {}
+
+    d = calibrate.cached(key, measure)
+    return HostModel.from_dict(d) if d else None
 
 
 def profile_peak(profile: Mapping[str, Any], lanes: int) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 the `tuned` request policy's use of the tuner's cache (`Setup.config` -> `tuned_knobs`).
 
 Every test has a cache of its own (RECSCHED_CACHE), seeded with this machine's lane profile
-of the model, measured once for the module (what a `--sim` run simulates lanes with), so no
-test measures it again and none sees another's tuned configurations. The checks are the
+of the model and its host's CPU per query, measured once for the module (what a `--sim` run
+simulates a server with), so no test measures them again and none sees another's tuned
+configurations. The checks are the
 results' shapes and invariants, never timings."""
 
 from __future__ import annotations
@@ -43,14 +44,19 @@ CACHED = EngineConfig(
 
 @pytest.fixture(scope="module")
 def warm_cache(tmp_path_factory) -> Path:
-    """A cache holding the model's one-thread lane profile (measured here, once)."""
+    """A cache holding the model's one-thread lane profile and its host model on one lane and
+    on the default lanes (measured here, once)."""
     from recsched.models.registry import load_model
-    from recsched.sim.run import lane_profile
+    from recsched.sim.run import lane_host, lane_profile
 
     d = tmp_path_factory.mktemp("warm-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RECSCHED_CACHE", str(d))
         lane_profile(load_model(MODEL), 1)
+        s = Setup.make(MODEL, sla_ms=SLA_MS, sim=True)
+        for lanes in sorted({1, default_lanes()[0]}):
+            host = lane_host(s, EngineConfig(lanes=lanes, threads_per_lane=1))
+            assert host is not None and host.submit_s > 0 and host.cores >= 1
     return d
 
 
@@ -124,6 +130,8 @@ def test_capacity_prints_the_search_and_writes_the_design_shape(tmp_path):
     cap = json.loads(out.read_text())
     check_capacity(cap, "baseline")
     assert cap["config"]["request"] == "whole" and cap["sla_percentile"] == 95.0
+    # the simulated server carries this machine's host CPU per query (cached, `lane_host`)
+    assert all(r["host"]["submit_us"] > 0 for r in cap["runs"])
     assert f"capacity {MODEL} / baseline at SLA 20.00 ms" in text
     assert f"latency-bounded {cap['latency_bounded_qps']:,.2f} qps" in text
     for r in cap["runs"]:  # a table row per run, and a log line
