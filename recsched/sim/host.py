@@ -145,7 +145,8 @@ class HostCpu:
     def lane_done(self, lane: Any, now: float) -> None:
         """`lane`'s task ended at `now` (its completion event was current)."""
         self._advance(now)
-        del self.running[lane]
+        left = self.running.pop(lane)
+        assert abs(left) < 1e-9, f"a lane task ended with {left} s of work left"
         self._retime(now)
 
     # -- host work -----------------------------------------------------------------------------
@@ -175,6 +176,8 @@ class HostCpu:
             return  # re-timed since
         now = self.loop.clock._t
         self._advance(now)
+        left = self.head_left[thread]
+        assert abs(left) < 1e-9, f"host work ended with {left} s of it left"
         q = self.queues[thread]
         _, fn, arg = q.popleft()
         if q:
