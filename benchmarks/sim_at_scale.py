@@ -20,6 +20,11 @@ them, as the `opstream` preset does. Each cluster run simulates `--duration` sec
 
     python benchmarks/sim_at_scale.py                                   # rmc1 small, ~5 min
     python benchmarks/sim_at_scale.py --profile rmc1.json --sla-ms 21 --json out.json
+    python benchmarks/sim_at_scale.py --host machine                    # + each server's host CPU
+
+`--host machine` gives every server this machine's host CPU per query beside its lanes
+(`recsched.sim.run.lane_host`, cached; `recsched.sim.host`), `--host S,C[,B]` one in
+microseconds (submit, completion, background); the default is none (the lanes' costs only).
 
 Not a test: minutes of CPU, machine-dependent figures (the profile is this machine's).
 """
@@ -280,6 +285,8 @@ def rmc1_setup(
         profile = lane_profile(setup.adapter, tpl)
         source = f"lane_profile({args.model}, threads={tpl}) (this machine's, cached)"
 
+    host = host_model(args.host, setup, preset("baseline", lanes=lanes, threads_per_lane=tpl))
+
     def make_runner(cfg: EngineConfig, name: str, servers: int, duration_s: float) -> Run:
         extras = setup.engine_extras(cfg)  # operator-level policies: the engine's graph, cost
         return sim_run_fn(
@@ -287,6 +294,7 @@ def rmc1_setup(
             balancer=args.balancer, sla_ms=setup.sla_ms, percentile=setup.percentile,
             arrivals=setup.arrivals, sizes=setup.sizes, classes=setup.classes, seed=setup.seed,
             graph_info=extras["graph"].info if extras else None, policy_cost=extras.get("cost"),
+            host=host,
         )  # fmt: skip
 
     configs = {"baseline": preset("baseline", lanes=lanes, threads_per_lane=tpl)}
@@ -321,10 +329,26 @@ def rmc1_setup(
         "profile_whole_ms": dict(zip(profile["batch_sizes"], profile["whole_ms"], strict=True)),
         "profile_used": profile,  # the whole profile: rerun with it (--profile) to reproduce
         "interference": "default placeholder table (recsched.sim.interference.DEFAULT)",
+        "host": host.to_dict() if host is not None else None,
         "tuning": {k: v for k, v in tuned.items() if k != "trajectory"},
         "tuned_knobs": {"batch_size": dyn.batch_size, "merge_delay_ms": dyn.merge_delay_ms},
     }
     return make_runner, configs, meta
+
+
+def host_model(spec: str, setup: Any, cfg: EngineConfig) -> Any:
+    """`--host`: none, this machine's (`lane_host`), or SUBMIT,COMPLETE[,BACKGROUND] in us."""
+    from recsched.sim.host import HostModel
+    from recsched.sim.run import lane_host
+
+    if spec == "none":
+        return None
+    if spec == "machine":
+        return lane_host(setup, cfg)
+    us = [float(x) * 1e-6 for x in spec.split(",")]
+    if len(us) not in (2, 3):
+        raise SystemExit(f"--host: none, machine or SUBMIT,COMPLETE[,BACKGROUND], not {spec!r}")
+    return HostModel(us[0], us[1], cfg.lanes * cfg.threads_per_lane, *us[2:])
 
 
 def _quick_capacity(run: Run) -> float:
@@ -372,6 +396,7 @@ def main() -> None:
     ap.add_argument("--tune-budget", type=int, default=10)
     ap.add_argument("--traffic-qps", type=float, default=None)
     ap.add_argument("--presets", default=",".join(PRESETS))
+    ap.add_argument("--host", default="none", help="none | machine | SUBMIT,COMPLETE[,BG] us")
     ap.add_argument("--json", default=str(RESULTS))
     args = ap.parse_args()
 
