@@ -376,21 +376,28 @@ def test_default_loads_are_fractions_of_the_capacity_a_probe_run_measures(profil
 
 
 def test_fidelity_command_repeats_prints_the_noise_floor(tmp_path, profile_path, monkeypatch):
-    """`--repeats` through the CLI, with a fake real engine (no real runs)."""
+    """`--repeats` (and `--no-host`) through the CLI, with a fake real engine (no real runs)."""
     real = FakeReal({30.0: [10.0, 14.0, 12.0]})
     orig = fidelity_mod.fidelity
-    monkeypatch.setattr(fidelity_mod, "fidelity", lambda *a, **k: orig(*a, real=real, **k))
+    given: dict = {}
+
+    def fake(*a, **k):
+        given.update(k)
+        return orig(*a, real=real, **k)
+
+    monkeypatch.setattr(fidelity_mod, "fidelity", fake)
     fid = tmp_path / "fid.json"
     res = CliRunner().invoke(
         app,
         [
             "fidelity", MODEL, "--qps", "30", "--duration", "0.3", "--profile",
             str(profile_path), "--sizes", "fixed:8", "--sla-ms", "500", "--interference",
-            "default", "--repeats", "3", "--json", str(fid),
+            "default", "--repeats", "3", "--no-host", "--json", str(fid),
         ],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     f = json.loads(fid.read_text())
+    assert given["host"] is False and f["host"] is None
     assert f["repeats"] == 3 and f["loads"][0]["real"]["p95"] == 12.0
     assert f["median_real_spread"]["p95"] == pytest.approx(4 / 12)
     assert "differ by 33.3% at p95 among themselves" in " ".join(res.output.split())
