@@ -132,7 +132,6 @@ class HostCpu:
         self.lane_rate = 1.0  # of a lane task's own time, the host's share taken out
         self.host_rate = 1.0  # of a core, for a host thread
         self.since = 0.0  # when the remaining work above was last brought up to date
-        self.busy_s = 0.0  # wall seconds the `HOST` thread had work
         self._done_cbs = (self._host_done, self._background_done)
 
     # -- lanes ---------------------------------------------------------------------------------
@@ -196,8 +195,6 @@ class HostCpu:
             for t, q in enumerate(self.queues):
                 if q:
                     self.head_left[t] -= dt * self.host_rate
-            if self.queues[HOST]:
-                self.busy_s += dt
         self.since = now
 
     def _retime(self, now: float, lane: Any = None, thread: int | None = None) -> None:

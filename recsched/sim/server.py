@@ -181,7 +181,6 @@ class SimServer:
     # -- the engine's entry points ----------------------------------------------------------
     def submit(self, q: Query) -> bool:
         """Accept a query at the clock's time; False (counted) when the queue is full."""
-        core = self.core
         if len(self._queries) >= self.config.queue_capacity:
             self.rejected += 1
             return False
@@ -201,16 +200,16 @@ class SimServer:
             if hm.background_s > 0.0:  # the driver's own, that no query waits for
                 self.host.work(now, hm.background_s, _nothing, None, BACKGROUND)
             return True
-        if self.on_decision is not None:
-            self.on_decision("arrive", now, q.qid)
-        core.admit(q, now)
-        self._step(now)
+        self._admit(q, now)
         return True
 
     def _enter(self, q: Query) -> None:
         """A query reaches the scheduler after the host's submit work (host model)."""
-        now = self.clock._t
         self._entering.discard(q.qid)
+        self._admit(q, self.clock._t)
+
+    def _admit(self, q: Query, now: float) -> None:
+        """The scheduler takes `q` in at `now` and steps."""
         if self.on_decision is not None:
             self.on_decision("arrive", now, q.qid)
         self.core.admit(q, now)
