@@ -91,6 +91,11 @@ def sla_from_x(adapter: ModelAdapter, k: float, median_items: int, threads: int 
 PROFILE_ROUNDS = 3  # measurements behind a cached profile, each figure the smallest
 
 
+def profile_key(adapter: ModelAdapter, threads: int = 1) -> str:
+    """The cache name of `profile`'s entry (the simulator's serving-corrected one extends it)."""
+    return f"profile-{model_key(adapter)}-t{threads}-r{PROFILE_ROUNDS}"
+
+
 def peak(adapter: ModelAdapter, refresh: bool = False) -> dict:
     """`recsched peak`: the offline throughput limit (cached)."""
     from recsched.graph.profile import measure_peak
@@ -114,5 +119,4 @@ def profile(adapter: ModelAdapter, threads: int = 1, refresh: bool = False, **kw
         kw.setdefault("rounds", PROFILE_ROUNDS)
         return profile_model(adapter, threads=threads, **kw)
 
-    key = f"profile-{model_key(adapter)}-t{threads}-r{PROFILE_ROUNDS}"
-    return cached(key, measure, refresh)
+    return cached(profile_key(adapter, threads), measure, refresh)

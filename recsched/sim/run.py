@@ -521,7 +521,7 @@ def lane_profile(adapter: Any, threads: int = 1, serving: bool = True) -> dict[s
     """
     from recsched.bench import calibrate
 
-    key = f"profile-{calibrate.model_key(adapter)}-t{threads}-r{calibrate.PROFILE_ROUNDS}"
+    key = calibrate.profile_key(adapter, threads)
 
     def measure() -> dict[str, Any]:
         prof = calibrate.profile(adapter, threads=threads)  # the same cache entry
