@@ -345,10 +345,10 @@ def host_model(spec: str, setup: Any, cfg: EngineConfig) -> Any:
         return None
     if spec == "machine":
         return lane_host(setup, cfg)
-    us = [float(x) * 1e-6 for x in spec.split(",")]
-    if len(us) not in (2, 3):
-        raise SystemExit(f"--host: none, machine or SUBMIT,COMPLETE[,BACKGROUND], not {spec!r}")
-    return HostModel(us[0], us[1], cfg.lanes * cfg.threads_per_lane, *us[2:])
+    try:
+        return HostModel.parse(spec, cfg.lanes * cfg.threads_per_lane)
+    except ValueError as exc:
+        raise SystemExit(f"--host: none, machine or {exc}") from None
 
 
 def _quick_capacity(run: Run) -> float:

@@ -94,20 +94,6 @@ def _default_profile(model: str, scale: str, cfg: EngineConfig) -> dict:
     return lane_profile(load_model(model, scale=scale), cfg.threads_per_lane)
 
 
-def _host_model(spec: str, cfg: EngineConfig) -> Any:
-    """`--host-us SUBMIT,COMPLETE[,CORES]` as a `HostModel`."""
-    from recsched.sim.host import HostModel
-
-    try:
-        parts = [float(x) for x in spec.split(",")]
-        if len(parts) not in (2, 3):
-            raise ValueError("give SUBMIT,COMPLETE or SUBMIT,COMPLETE,CORES")
-        cores = int(parts[2]) if len(parts) == 3 else cfg.lanes * cfg.threads_per_lane
-        return HostModel(parts[0] * 1e-6, parts[1] * 1e-6, cores)
-    except ValueError as exc:
-        raise typer.BadParameter(f"{spec!r}: {exc}", param_hint="--host-us") from None
-
-
 def simulate_cmd(
     model: ModelArg,
     servers: Annotated[int, typer.Option("--servers", help="Number of servers.")] = 1,
@@ -154,8 +140,9 @@ def simulate_cmd(
         typer.Option(
             "--host-us",
             help="Each server's own CPU per query beside its lanes, in microseconds: "
-            "SUBMIT,COMPLETE[,CORES] (cores default: lanes x threads per lane), sharing the "
-            "cores with the lanes (recsched.sim.host; `recsched fidelity` prints a measured one).",
+            "SUBMIT,COMPLETE[,BACKGROUND] (the driver's own, on no query's path), sharing the "
+            "server's lanes x threads cores with the lanes (recsched.sim.host; `recsched "
+            "fidelity` prints a measured one).",
         ),
     ] = None,
     json_path: JsonOpt = None,
@@ -194,7 +181,14 @@ def simulate_cmd(
         _fail(str(exc))
         raise
     overhead = task_overhead_us * 1e-6 if task_overhead_us is not None else None
-    host_model = _host_model(host_us, cfg) if host_us is not None else None
+    host_model = None
+    if host_us is not None:
+        from recsched.sim.host import HostModel
+
+        try:
+            host_model = HostModel.parse(host_us, cfg.lanes * cfg.threads_per_lane)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--host-us") from None
     front_model = None
     if front is not None:
         try:

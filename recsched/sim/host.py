@@ -89,6 +89,18 @@ class HostModel:
         return cls(sub, com, models[0].cores, bg)
 
     @classmethod
+    def parse(cls, spec: str, cores: int) -> HostModel:
+        """`SUBMIT,COMPLETE[,BACKGROUND]` in microseconds per query (the command line's form),
+        on `cores` CPUs; ValueError naming the form otherwise."""
+        try:
+            us = [float(x) / 1e6 for x in spec.split(",")]
+        except ValueError:
+            us = []
+        if len(us) not in (2, 3):
+            raise ValueError(f"{spec!r}: give SUBMIT,COMPLETE[,BACKGROUND] in microseconds")
+        return cls(us[0], us[1], cores, *us[2:])
+
+    @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> HostModel:
         """The inverse of `to_dict` (microseconds)."""
         return cls(d["submit_us"] * 1e-6, d["complete_us"] * 1e-6, int(d["cores"]),

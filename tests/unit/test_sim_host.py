@@ -132,3 +132,9 @@ def test_host_model_from_a_runs_cpu_accounting():
     assert HostModel.median([]) is None
     with pytest.raises(ValueError):
         HostModel(-1.0, 0.0, 2)
+    # the command line's form, in microseconds
+    assert HostModel.parse("500,250", 2) == HostModel(5e-4, 2.5e-4, 2)
+    assert HostModel.parse("500,250,40", 4) == HostModel(5e-4, 2.5e-4, 4, 4e-5)
+    for bad in ("500", "500,x", "1,2,3,4"):
+        with pytest.raises(ValueError, match="SUBMIT,COMPLETE"):
+            HostModel.parse(bad, 2)
