@@ -66,10 +66,9 @@ def preset_resolver(
     commands resolve it (`recsched.bench.setup.Setup.resolve` and `engine_extras`): the
     `tuned` request knobs from the tuner's cache for this model, SLA (`--sla-ms`, else
     `--sla-x` 20 as `compare`) and classes, and the profiled cost model of the operator-level
-    policies. Presets with
-    neither are served as given. It tunes on a cache miss only when called with
-    `tune=True` (before serving); a model loaded or reconfigured later with no tuned
-    configuration cached is refused (ValueError: 400), not tuned under live traffic.
+    policies. Presets with neither are served as given. It tunes on a cache miss only when
+    called with `tune=True` (before serving); a model loaded or reconfigured later with no
+    tuned configuration cached is refused (ValueError: 400), not tuned under live traffic.
     `keep`: fields the command line set (`--lanes`), never replaced by tuned ones."""
     from rich.console import Console
 
