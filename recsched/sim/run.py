@@ -535,19 +535,19 @@ def lane_profile(adapter: Any, threads: int = 1, serving: bool = True) -> dict[s
 
 
 HOST_PROBE_S = 2.0  # the real run that calibrates `lane_host`
-HOST_PROBE_LOAD = 0.3  # its load, a fraction of the capacity the lane profile predicts
 
 
 def lane_host(setup: Any, cfg: EngineConfig) -> HostModel | None:
     """The host's CPU per query for `setup`'s model served on `cfg`'s lanes on this machine
     (`recsched.sim.host`), cached per machine: from one real run of the baseline at
-    `HOST_PROBE_LOAD` of the capacity the lane profile predicts (`HostModel.from_run`; None
-    if the run recorded no CPU accounting). The lanes' costs alone would put `--sim` above
-    the real engine where the driver and the engine share the lanes' cores."""
+    `fidelity.PROBE_LOAD` of the capacity the lane profile predicts, as fidelity's probe
+    (`HostModel.from_run`; None if the run recorded no CPU accounting). The lanes' costs
+    alone would put `--sim` above the real engine where the driver and the engine share the
+    lanes' cores."""
     import dataclasses as dc
 
     from recsched.bench import calibrate
-    from recsched.sim.fidelity import estimated_capacity_qps
+    from recsched.sim.fidelity import PROBE_LOAD, estimated_capacity_qps
 
     ad = setup.adapter
     lanes, tpl = cfg.lanes, cfg.threads_per_lane
@@ -556,7 +556,7 @@ def lane_host(setup: Any, cfg: EngineConfig) -> HostModel | None:
     def measure() -> dict[str, Any]:
         base = EngineConfig(lanes=lanes, threads_per_lane=tpl)  # whole + sequential
         cost = make_cost(lane_profile(ad, tpl), base.granularity, None)
-        qps = HOST_PROBE_LOAD * estimated_capacity_qps(cost, base, setup.sizes, setup.seed)
+        qps = PROBE_LOAD * estimated_capacity_qps(cost, base, setup.sizes, setup.seed)
         real = dc.replace(setup, sim=False).run_fn(base, "baseline", HOST_PROBE_S)
         hm = HostModel.from_run(real(round(qps, 1)), DEFAULT_TASK_OVERHEAD_S)
         return hm.to_dict() if hm is not None else {}
