@@ -10,14 +10,8 @@ import pytest
 from recsched.config import preset
 from recsched.sim.cluster import Cluster
 from recsched.sim.host import HostModel
-from recsched.sim.interference import NONE
-from recsched.sim.server import ServerType
 from recsched.types import Part
-from tests.unit.test_sim import Linear, run_trace, strip_server, workload
-
-
-def stype(config, host=None, **kw) -> ServerType:
-    return ServerType("cpu", config, Linear(), interference=NONE, host=host, **kw)
+from tests.unit.test_sim import run_trace, strip_server, stype, workload
 
 
 def test_exact_trace_host_work_shares_two_cores_with_two_busy_lanes():
@@ -25,7 +19,7 @@ def test_exact_trace_host_work_shares_two_cores_with_two_busy_lanes():
     s to finish it. Host work queues FIFO; while it runs beside two busy lanes every thread
     gets 2/3 of a core, and the running tasks are re-timed each time that changes. A query's
     latency ends with its last task (the finishing work only keeps the host busy)."""
-    st = stype(preset("baseline", lanes=2), HostModel(0.125, 0.125, 2))
+    st = stype(preset("baseline", lanes=2), host=HostModel(0.125, 0.125, 2))
     log, run, cl = run_trace([st], workload([0.0, 0.0, 0.5], [4, 4, 1]))
     assert not cl.used_fast_path
     assert strip_server(log)[:6] == [
@@ -51,7 +45,7 @@ def test_exact_trace_host_work_shares_two_cores_with_two_busy_lanes():
 def test_spare_cores_leave_the_lanes_alone_and_add_the_host_work_to_latency():
     """Four cores for two lanes: nothing slows; an unqueued query takes its submit work and
     its task (query 1's submit work waits for query 0's)."""
-    st = stype(preset("baseline", lanes=2), HostModel(0.125, 0.0625, 4))
+    st = stype(preset("baseline", lanes=2), host=HostModel(0.125, 0.0625, 4))
     _, run, _ = run_trace([st], workload([0.0, 0.0, 5.0], [4, 2, 1]))
     assert run.done_s.tolist() == [0.125 + 1.0, 0.25 + 0.5, 5.375]
 
@@ -65,7 +59,7 @@ def test_no_host_work_gives_the_runs_without_a_host_model(name):
     sizes = [1 + (7 * i) % 9 for i in range(60)]
     runs = []
     for host in (None, HostModel(0.0, 0.0, 2)):
-        cl = Cluster([stype(cfg, host)], "roundrobin", fast=False)
+        cl = Cluster([stype(cfg, host=host)], "roundrobin", fast=False)
         runs.append(cl.run(workload(times, sizes), "m", None).done_s.tolist())
     assert runs[0] == runs[1] and not any(math.isnan(t) for t in runs[0])
 
@@ -78,7 +72,7 @@ def test_host_work_only_delays_queries():
     sizes = [1 + (5 * i) % 7 for i in range(80)]
     out = []
     for host in (None, HostModel(0.01, 0.02, 2)):
-        cl = Cluster([stype(cfg, host)], "roundrobin", fast=False)
+        cl = Cluster([stype(cfg, host=host)], "roundrobin", fast=False)
         done = cl.run(workload(times, sizes), "m", None).done_s
         out.append((done, sum(lane.stats.busy_s for lane in cl.servers[0].lanes)))
     (d0, b0), (d1, b1) = out
@@ -87,7 +81,7 @@ def test_host_work_only_delays_queries():
 
 
 def test_fast_path_steps_aside_for_a_host_model():
-    st = stype(preset("baseline", lanes=1), HostModel(0.0, 0.0, 1))
+    st = stype(preset("baseline", lanes=1), host=HostModel(0.0, 0.0, 1))
     with pytest.raises(ValueError, match="host"):
         Cluster([st], "roundrobin", fast=True).run(workload([0.0], [1]), "m", None)
 
@@ -96,7 +90,7 @@ def test_background_work_takes_cores_but_no_query_waits_for_it():
     """One lane; 0.125 s to take a query in, and 0.25 s of the driver's own work on a thread
     of its own (no completion work). Two cores: at most two threads run at once, nothing
     slows, and the query does not wait for the background work."""
-    st = stype(preset("baseline", lanes=1), HostModel(0.125, 0.0, 2, background_s=0.25))
+    st = stype(preset("baseline", lanes=1), host=HostModel(0.125, 0.0, 2, background_s=0.25))
     log, run, cl = run_trace([st], workload([0.0], [1]))
     # 0 - 0.125: the submit work and the background work share two cores: full speed each.
     # 0.125: the task starts; lane + background = 2 threads on 2 cores: full speed.
@@ -105,7 +99,7 @@ def test_background_work_takes_cores_but_no_query_waits_for_it():
     assert run.done_s.tolist() == [0.375]
     # on one core the three share it: submit and background at 1/2 each until 0.25 (the
     # submit work done), then the task and the background at 1/2 each ...
-    st1 = stype(preset("baseline", lanes=1), HostModel(0.125, 0.0, 1, background_s=0.25))
+    st1 = stype(preset("baseline", lanes=1), host=HostModel(0.125, 0.0, 1, background_s=0.25))
     log1, run1, _ = run_trace([st1], workload([0.0], [1]))
     assert [t for t, k, _ in strip_server(log1) if k == "arrive"] == [0.25]
     # 0.25: background has 0.125 left, the task 0.25 (lane rate 1/2 relative to one lane
