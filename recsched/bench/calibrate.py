@@ -40,14 +40,22 @@ def machine_fingerprint() -> str:
 def cached(name: str, compute: Callable[[], Any], refresh: bool = False) -> Any:
     """Return the cached JSON figure `name` for this machine, computing it when missing."""
     path = cache_dir() / f"{name}.{machine_fingerprint()}.json"
-    if path.exists() and not refresh:
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            pass  # a torn file: measure again
+    value = None if refresh else peek(name)
+    if value is not None:
+        return value
     value = compute()
     write_json(value, path)
     return value
+
+
+def peek(name: str) -> Any | None:
+    """The cached JSON figure `name` for this machine, or None (missing or torn); never
+    measures."""
+    path = cache_dir() / f"{name}.{machine_fingerprint()}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def model_key(adapter: ModelAdapter) -> str:
@@ -100,8 +108,13 @@ def peak(adapter: ModelAdapter, refresh: bool = False) -> dict:
     """`recsched peak`: the offline throughput limit (cached)."""
     from recsched.graph.profile import measure_peak
 
-    # "-r3": best of three rounds per point (single-round peaks cached before read low)
-    return cached(f"peak-{model_key(adapter)}-r3", lambda: measure_peak(adapter), refresh)
+    return cached(peak_key(adapter), lambda: measure_peak(adapter), refresh)
+
+
+def peak_key(adapter: ModelAdapter) -> str:
+    """The cache name of `peak`'s entry ("-r3": best of three rounds per point; single-round
+    peaks cached before read low)."""
+    return f"peak-{model_key(adapter)}-r3"
 
 
 def profile(adapter: ModelAdapter, threads: int = 1, refresh: bool = False, **kw: Any) -> dict:

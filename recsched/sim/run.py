@@ -565,6 +565,29 @@ def lane_host(setup: Any, cfg: EngineConfig) -> HostModel | None:
     return HostModel.from_dict(d) if d else None
 
 
+class PeakCost:
+    """Whole-model seconds of a batch from a measured peak (`recsched peak`): with `lanes`
+    lanes of `threads` threads all busy at `rate(b)` items/s, a lane runs `b` rows in
+    `lanes * b / rate(b)` seconds; piecewise linear in `b`, through 0 at 0 rows.
+
+    Costs measured under full load (the lanes share caches and memory bandwidth), without
+    operator timings: enough for whole-model (`sequential`) simulation."""
+
+    def __init__(self, peak: Mapping[str, Any], lanes: int, threads: int = 1) -> None:
+        rates = (peak.get("per_config") or {}).get(f"{lanes}x{threads}")
+        if not rates:
+            raise ValueError(f"the peak was not measured with {lanes} lanes x {threads} threads")
+        sizes = sorted(int(b) for b in rates)
+        assert all(float(rates[str(b)]) > 0 for b in sizes), "positive rates"
+        self.sizes = [0.0] + [float(b) for b in sizes]
+        self.secs = [0.0] + [lanes * b / float(rates[str(b)]) for b in sizes]
+
+    def whole_s(self, batch: int) -> float:
+        from recsched.graph.cost import interpolate
+
+        return interpolate(self.sizes, self.secs, float(batch))
+
+
 def profile_peak(profile: Mapping[str, Any], lanes: int) -> dict[str, Any]:
     """The peak of a simulated server (DESIGN.md: items/s at the best batch size with every
     core busy): `lanes` x the best `b / whole_s(b)` over the profile's batch sizes, the limit
