@@ -31,9 +31,9 @@ from recsched.workload.sizes import parse_sizes
 DEFAULT_SLA_X = 20.0  # loose, as DeepRecSys; the production p95 query is ~6x the median
 # The first guess at a capacity from the cached peak (`Setup.start_qps`) is this share of the
 # simulated one: the simulation leaves out the host's CPU and the served tasks' extra cost, and
-# read 1.1-1.3x the real capacity of whole queries for seven of the eight models at `--sla-x
-# 20` (rmc1 ~1.9x; BENCHMARKS.md). Under it, the first run usually passes and the doubling
-# after it fails at once; a first run just over the capacity fails slowly.
+# read 1.13-1.28x the real capacity of whole queries for six of the eight models at `--sla-x
+# 20`, ~2x for rmc1 and ncf (benchmarks/first_guess.py). Under it, the first run usually passes
+# and the doubling after it fails at once; a first run just over the capacity fails slowly.
 GUESS_FRACTION = 0.7
 GUESS_RUN_S = 2.0  # simulated run length (at least 300 queries, as the real runs)
 Log = Callable[[str], None]
