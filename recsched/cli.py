@@ -33,3 +33,28 @@ for _name in _COMMAND_MODULES:
             raise
         continue
     _mod.register(app)
+
+
+# What a command raises for input it cannot use (an unknown model or preset, a malformed size,
+# class or arrival spec, a missing file): the user's to fix, so said in one line, not a trace.
+USER_ERRORS = (ValueError, FileNotFoundError)
+
+
+def main() -> None:
+    """The `recsched` console script: `app`, with user errors printed as one red line and exit
+    status 2 (`RECSCHED_DEBUG=1` re-raises them, traceback and all)."""
+    import os
+    import sys
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    try:
+        app()
+    except USER_ERRORS as exc:
+        if os.environ.get("RECSCHED_DEBUG"):
+            raise
+        err = Console(stderr=True, soft_wrap=True, highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        err.print("[dim](RECSCHED_DEBUG=1 shows the traceback)[/dim]")
+        sys.exit(2)
