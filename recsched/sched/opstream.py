@@ -74,6 +74,11 @@ class OpStreamOptions:
       gain at all for rmc1 at batch 16, 1.4x at 256). Low-value batches are never spread:
       it costs throughput to buy latency.
     - `dispatch_s`: per-op cost inside a task; None takes the cost model's.
+    - `piece_efficiency`: low-value work is also cut into the smallest pieces whose cost per
+      row (engine overhead included) is within this share of the whole remainder's
+      (`_cheap_piece_s`; 0: off), however long its budget: free on models whose per-row
+      cost does not fall with the batch (din), a halving at most of the largest batches on
+      the others.
     - `w_interference`: weight of the same-class co-running penalty (share of the overlap
       lost).
     - `gate_ratio`: a batch is low-value when its value is at most the highest value seen
@@ -115,6 +120,7 @@ class OpStreamOptions:
     high_value: float | None = None
     min_piece_rows: int = 8
     piece_overhead: float = 0.25
+    piece_efficiency: float = 0.9
     chain_margin_s: float = 2e-3
     w_interference: float = 0.3
     cross_s: float = 10e-6
@@ -143,6 +149,7 @@ class OpStreamOptions:
         assert self.gate_ratio >= 1 and self.min_piece_rows >= 1 and self.candidates >= 1
         assert self.gate_on in ("active", "waiting"), "gate_on is active or waiting"
         assert 0 < self.piece_overhead <= 1 and 0 < self.parallel_efficiency <= 1
+        assert 0 <= self.piece_efficiency <= 1, "piece_efficiency is a share (0: off)"
         assert 0 < self.calib_alpha <= 1 and self.w_interference >= 0 and self.cross_s >= 0
         self.weights()  # checks the priority weights
 
@@ -959,7 +966,7 @@ class OpStream(DagPolicy):
             return left  # accel: pieces on two streams would race in their concatenation
         d_left = self.op_s(op, left)
         if dag.low:
-            cap = self.budget(dag)
+            cap = min(self.budget(dag), self._cheap_piece_s(op, left))
             return self._rows_within(op, left, cap) if d_left > cap else left
         if left < 2 * self.o.min_piece_rows:
             return left
@@ -991,6 +998,27 @@ class OpStream(DagPolicy):
                 rows = dag.size - dag.next_row[o]
                 heapq.heapreplace(starts, starts[0] + self.op_s(o, rows))
         return starts
+
+    def _cheap_piece_s(self, op: int, left: int) -> float:
+        """The predicted time of the smallest piece of `op` (powers of two from
+        `min_piece_rows`) whose cost per row, its task's engine overhead included, is within
+        `piece_efficiency` of the whole remainder's: a low-value piece that short costs the
+        lanes (almost) nothing, and lets waiting high-value work in sooner. Where the per-row
+        cost falls with the rows (most models), that is a large piece or none (+inf); where it
+        does not (din: its attention costs more per row in larger batches), a small one.
+        """
+        eff = self.o.piece_efficiency
+        if eff <= 0:
+            return math.inf
+        ov = self.engine_overhead_s
+        per_row = (self.op_s(op, left) + ov) / left
+        rows = self.o.min_piece_rows
+        while rows < left:
+            d = self.op_s(op, rows)
+            if eff * (d + ov) / rows <= per_row:
+                return d
+            rows *= 2
+        return math.inf
 
     def _rows_within(self, op: int, left: int, cap_s: float) -> int:
         """The most rows whose predicted time fits in `cap_s`, but never so few that the

@@ -61,6 +61,7 @@ def opts(**kw) -> OpStreamOptions:
         chain_frac=0.0,  # budgets are the absolute ones unless a test says otherwise
         split_frac=0.0,
         gate_frac=0.0,
+        piece_efficiency=0.0,  # pieces by the budgets alone unless a test says otherwise
     )
     return OpStreamOptions(**{**base, **kw})
 
@@ -225,6 +226,40 @@ def test_long_low_value_op_is_split_into_pieces_that_cover_the_rows_once():
     assert all(t.predicted_s <= 1 * MS + 1e-12 for t in issued if t.ops == (0,))
     assert issued[-1].ops == (1,) and issued[-1].rows is None  # after every piece
     assert p.queued() == 0
+
+
+class RisingCost(FakeCost):
+    """op_s(op, rows) = per_item * rows + square * rows^2: dearer per row in larger batches
+    (din's attention)."""
+
+    def __init__(self, per_item: float, square: float) -> None:
+        super().__init__([0.0], [per_item])
+        self.square = square
+
+    def op_s(self, op: int, batch: int) -> float:
+        return self.per_item[op] * batch + self.square * batch * batch
+
+
+def test_low_value_work_is_cut_into_pieces_that_cost_nothing_extra_per_row():
+    """However long the split budget, a low-value op whose cost per row does not fall with
+    the rows is cut into short pieces (here the `piece_overhead` floor, 16 rows, binds: 8-row
+    pieces would spend over a quarter of their time on the task's fixed cost); one whose cost
+    per row falls (a fixed cost per task) stays whole; `piece_efficiency=0` turns it off."""
+    o = dict(high_value=10.0, split_s=1.0, engine_overhead_s=0.1 * MS, piece_efficiency=0.9)
+    p = OpStream(["cpu"], RisingCost(0.01 * MS, 0.001 * MS), SINGLE, opts(**o))
+    p.add(batch(0, n=64, value=1.0), 0.0)
+    pieces = [t.rows for t in drain_one_lane(p)]
+    assert pieces == [(0, 16), (16, 32), (32, 48), (48, 64)]
+    p = OpStream(["cpu"], FakeCost([1 * MS], [0.01 * MS]), SINGLE, opts(**o))
+    p.add(batch(0, n=64, value=1.0), 0.0)
+    assert [t.rows for t in drain_one_lane(p)] == [None]
+    p = OpStream(["cpu"], RisingCost(0.01 * MS, 0.001 * MS), SINGLE,
+                 opts(**{**o, "piece_efficiency": 0.0}))  # fmt: skip
+    p.add(batch(0, n=64, value=1.0), 0.0)
+    assert [t.rows for t in drain_one_lane(p)] == [None]
+    p = OpStream(["cpu"], RisingCost(0.01 * MS, 0.001 * MS), SINGLE, opts(**o))
+    p.add(batch(0, n=64, value=10.0), 0.0)  # high-value work is spread, never cut for this
+    assert [t.rows for t in drain_one_lane(p)] == [None]
 
 
 @pytest.mark.parametrize("gate_on", ["active", "waiting"])
