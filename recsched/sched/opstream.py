@@ -78,7 +78,8 @@ class OpStreamOptions:
       row (engine overhead included) is within this share of the whole remainder's
       (`_cheap_piece_s`; 0: off), however long its budget: free on models whose per-row
       cost does not fall with the batch (din), a halving at most of the largest batches on
-      the others.
+      the others. Work of any value is cut into pieces that cost less per row than the whole
+      (din; no other model here), unless this is 0.
     - `w_interference`: weight of the same-class co-running penalty (share of the overlap
       lost).
     - `gate_ratio`: a batch is low-value when its value is at most the highest value seen
@@ -966,10 +967,14 @@ class OpStream(DagPolicy):
             return left  # accel: pieces on two streams would race in their concatenation
         d_left = self.op_s(op, left)
         if dag.low:
-            cap = min(self.budget(dag), self._cheap_piece_s(op, left))
+            cap = min(self.budget(dag), self._cheap_piece_s(op, left, self.o.piece_efficiency))
             return self._rows_within(op, left, cap) if d_left > cap else left
         if left < 2 * self.o.min_piece_rows:
             return left
+        if self.o.piece_efficiency > 0:  # pieces cheaper per row than the whole: any value
+            cap = self._cheap_piece_s(op, left, 1.0)
+            if d_left > cap:
+                return self._rows_within(op, left, cap)
         if d_left * self.o.parallel_efficiency < self.min_gain_s:
             return left  # too short for any split to pay
         starts = self._helper_starts(dag, op, lane, now)
@@ -999,15 +1004,16 @@ class OpStream(DagPolicy):
                 heapq.heapreplace(starts, starts[0] + self.op_s(o, rows))
         return starts
 
-    def _cheap_piece_s(self, op: int, left: int) -> float:
+    def _cheap_piece_s(self, op: int, left: int, eff: float) -> float:
         """The predicted time of the smallest piece of `op` (powers of two from
         `min_piece_rows`) whose cost per row, its task's engine overhead included, is within
-        `piece_efficiency` of the whole remainder's: a low-value piece that short costs the
-        lanes (almost) nothing, and lets waiting high-value work in sooner. Where the per-row
-        cost falls with the rows (most models), that is a large piece or none (+inf); where it
-        does not (din: its attention costs more per row in larger batches), a small one.
+        `eff` of the whole remainder's (+inf if none): a low-value piece that short
+        (`piece_efficiency`) costs the lanes (almost) nothing and lets waiting high-value work
+        in sooner; with `eff` 1, pieces that cost less than the whole, worth cutting for any
+        batch (and they spread over the lanes). Where the per-row cost falls with the rows
+        (most models), that is a large piece or none; where it does not (din: its attention
+        costs more per row in larger batches), a small one.
         """
-        eff = self.o.piece_efficiency
         if eff <= 0:
             return math.inf
         ov = self.engine_overhead_s

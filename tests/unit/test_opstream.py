@@ -244,7 +244,8 @@ def test_low_value_work_is_cut_into_pieces_that_cost_nothing_extra_per_row():
     """However long the split budget, a low-value op whose cost per row does not fall with
     the rows is cut into short pieces (here the `piece_overhead` floor, 16 rows, binds: 8-row
     pieces would spend over a quarter of their time on the task's fixed cost); one whose cost
-    per row falls (a fixed cost per task) stays whole; `piece_efficiency=0` turns it off."""
+    per row falls (a fixed cost per task) stays whole; `piece_efficiency=0` turns it off.
+    High-value work is cut only into pieces cheaper per row than the whole."""
     o = dict(high_value=10.0, split_s=1.0, engine_overhead_s=0.1 * MS, piece_efficiency=0.9)
     p = OpStream(["cpu"], RisingCost(0.01 * MS, 0.001 * MS), SINGLE, opts(**o))
     p.add(batch(0, n=64, value=1.0), 0.0)
@@ -257,8 +258,13 @@ def test_low_value_work_is_cut_into_pieces_that_cost_nothing_extra_per_row():
                  opts(**{**o, "piece_efficiency": 0.0}))  # fmt: skip
     p.add(batch(0, n=64, value=1.0), 0.0)
     assert [t.rows for t in drain_one_lane(p)] == [None]
+    # high-value work only into pieces cheaper per row than the whole: as these, but not
+    # where the per-row cost falls with the rows
     p = OpStream(["cpu"], RisingCost(0.01 * MS, 0.001 * MS), SINGLE, opts(**o))
-    p.add(batch(0, n=64, value=10.0), 0.0)  # high-value work is spread, never cut for this
+    p.add(batch(0, n=64, value=10.0), 0.0)
+    assert [t.rows for t in drain_one_lane(p)] == [(0, 16), (16, 32), (32, 48), (48, 64)]
+    p = OpStream(["cpu"], FakeCost([1 * MS], [0.01 * MS]), SINGLE, opts(**o))
+    p.add(batch(0, n=64, value=10.0), 0.0)
     assert [t.rows for t in drain_one_lane(p)] == [None]
 
 
