@@ -7,8 +7,9 @@ p99 of each class: the median over `--repeats` runs, interleaved across variants
 machine is shared and noisy: single runs of the same configuration differ by 2x at p99).
 The issue's goal: high-value p99 at least 62.9% lower than the baseline's, low-value p99
 no worse than 1.2x. Variants: baseline, deeprecsched, roundrobin, opstream and
-opstream without priority / interference / gating / splitting / cheap pieces (one ablation
-each; `--ablations` picks some).
+opstream without priority / interference / gating / splitting / cheap pieces (either kind) /
+pieces cheaper than the whole for high-value work (one ablation each; `--ablations` picks
+some).
 
 Scheduler overhead: `OpStream.update` + `OpStream.schedule` wall time per operator they
 dispatch, measured inside the engine's scheduling step (the policy itself never reads a
@@ -50,7 +51,8 @@ ABLATIONS = {
     "-interference": {"interference": False},
     "-gating": {"gating": False},
     "-splitting": {"splitting": False},
-    "-cheap-pieces": {"piece_efficiency": 0.0},
+    "-cheap-pieces": {"piece_efficiency": 0.0, "split_cheaper": False},
+    "-split-cheaper": {"split_cheaper": False},
 }
 
 

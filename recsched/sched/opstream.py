@@ -78,8 +78,9 @@ class OpStreamOptions:
       row (engine overhead included) is within this share of the whole remainder's
       (`_cheap_piece_s`; 0: off), however long its budget: free on models whose per-row
       cost does not fall with the batch (din), a halving at most of the largest batches on
-      the others. Work of any value is cut into pieces that cost less per row than the whole
-      (din; no other model here), unless this is 0.
+      the others.
+    - `split_cheaper`: work of any value is cut into pieces that cost less per row than the
+      whole (din; no other model here): it saves lane time, and the pieces spread.
     - `w_interference`: weight of the same-class co-running penalty (share of the overlap
       lost).
     - `gate_ratio`: a batch is low-value when its value is at most the highest value seen
@@ -122,6 +123,7 @@ class OpStreamOptions:
     min_piece_rows: int = 8
     piece_overhead: float = 0.25
     piece_efficiency: float = 0.9
+    split_cheaper: bool = True
     chain_margin_s: float = 2e-3
     w_interference: float = 0.3
     cross_s: float = 10e-6
@@ -971,7 +973,7 @@ class OpStream(DagPolicy):
             return self._rows_within(op, left, cap) if d_left > cap else left
         if left < 2 * self.o.min_piece_rows:
             return left
-        if self.o.piece_efficiency > 0:  # pieces cheaper per row than the whole: any value
+        if self.o.split_cheaper:  # pieces cheaper per row than the whole, whatever the value
             cap = self._cheap_piece_s(op, left, 1.0)
             if d_left > cap:
                 return self._rows_within(op, left, cap)

@@ -62,6 +62,7 @@ def opts(**kw) -> OpStreamOptions:
         split_frac=0.0,
         gate_frac=0.0,
         piece_efficiency=0.0,  # pieces by the budgets alone unless a test says otherwise
+        split_cheaper=False,
     )
     return OpStreamOptions(**{**base, **kw})
 
@@ -244,9 +245,10 @@ def test_low_value_work_is_cut_into_pieces_that_cost_nothing_extra_per_row():
     """However long the split budget, a low-value op whose cost per row does not fall with
     the rows is cut into short pieces (here the `piece_overhead` floor, 16 rows, binds: 8-row
     pieces would spend over a quarter of their time on the task's fixed cost); one whose cost
-    per row falls (a fixed cost per task) stays whole; `piece_efficiency=0` turns it off.
-    High-value work is cut only into pieces cheaper per row than the whole."""
-    o = dict(high_value=10.0, split_s=1.0, engine_overhead_s=0.1 * MS, piece_efficiency=0.9)
+    per row falls (a fixed cost per task) stays whole. High-value work is cut only into
+    pieces cheaper per row than the whole (`split_cheaper`)."""
+    o = dict(high_value=10.0, split_s=1.0, engine_overhead_s=0.1 * MS, piece_efficiency=0.9,
+             split_cheaper=True)  # fmt: skip
     p = OpStream(["cpu"], RisingCost(0.01 * MS, 0.001 * MS), SINGLE, opts(**o))
     p.add(batch(0, n=64, value=1.0), 0.0)
     pieces = [t.rows for t in drain_one_lane(p)]
@@ -254,8 +256,8 @@ def test_low_value_work_is_cut_into_pieces_that_cost_nothing_extra_per_row():
     p = OpStream(["cpu"], FakeCost([1 * MS], [0.01 * MS]), SINGLE, opts(**o))
     p.add(batch(0, n=64, value=1.0), 0.0)
     assert [t.rows for t in drain_one_lane(p)] == [None]
-    p = OpStream(["cpu"], RisingCost(0.01 * MS, 0.001 * MS), SINGLE,
-                 opts(**{**o, "piece_efficiency": 0.0}))  # fmt: skip
+    off = opts(**{**o, "piece_efficiency": 0.0, "split_cheaper": False})
+    p = OpStream(["cpu"], RisingCost(0.01 * MS, 0.001 * MS), SINGLE, off)
     p.add(batch(0, n=64, value=1.0), 0.0)
     assert [t.rows for t in drain_one_lane(p)] == [None]
     # high-value work only into pieces cheaper per row than the whole: as these, but not
