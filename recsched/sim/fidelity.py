@@ -18,12 +18,12 @@ noise floor the error has to be read against. The repeats are interleaved over t
 on one load only.
 
 With `in_run=True` the simulator is also run a second time per load, calibrated *by the
-real run itself*: the real engine's lane tasks are recorded, and the profile is rescaled by
-one factor, (sum of the tasks' measured times) / (sum of their predicted times), with the
-idle model and the interference table off (the measured times already hold both), and the
-engine's cost per task set to the real run's hand-off between back-to-back tasks (the median
-lane gap under `HANDOFF_MAX_S`, when the run has enough of them: completion bookkeeping, the
-GIL, the next task's start; a task's own time does not hold it). The
+real run itself*: the real engine's lane tasks are recorded and fitted as `a x predicted +
+b` seconds each (`in_run_fit`); the profile is rescaled by `a`, with the idle model and the
+interference table off (the measured times already hold both), and the engine's cost per
+task set to `b` plus the real run's hand-off between back-to-back tasks (the median lane gap
+under `HANDOFF_MAX_S`, when the run has enough of them: completion bookkeeping, the GIL, the
+next task's start; a task's own time does not hold it). The
 machine's speed drifts by tens of percent within minutes here, which a profile measured
 before the runs cannot know; the in-run error ("error_in_run") separates that drift from
 the simulator's own queueing model (trace-driven validation). A third simulation per load
@@ -314,6 +314,26 @@ def in_run_scale(tasks: Sequence[tuple[int, float]], whole_s: Callable[[int], fl
     return sum(d for _, d in tasks) / pred
 
 
+def in_run_fit(
+    tasks: Sequence[tuple[int, float]], whole_s: Callable[[int], float]
+) -> tuple[float, float]:
+    """`(a, b)`: a real run's lane tasks `(items, seconds)` as `a x predicted + b` seconds each
+    (least squares): a slowdown of the model's own work and a fixed cost per task (a lane's
+    wake-up after idling, gathering the batch). One factor alone (`in_run_scale`) is pulled up
+    by the small tasks, whose fixed cost is a large share of their time, and then overcharges
+    the large ones that set a p95: by 17% at rmc1's lowest fidelity load (BENCHMARKS.md). With
+    a negative fit (or fewer than two distinct predictions), `(in_run_scale, 0)`."""
+    scale = in_run_scale(tasks, whole_s)
+    pred = np.array([whole_s(int(n)) for n, _ in tasks], dtype=float)
+    if len(pred) < 2 or not (np.ptp(pred) > 0):
+        return scale, 0.0
+    secs = np.array([float(d) for _, d in tasks])
+    (a, b), *_ = np.linalg.lstsq(np.vstack([pred, np.ones_like(pred)]).T, secs, rcond=None)
+    if not (a > 0 and b >= 0):
+        return scale, 0.0
+    return float(a), float(b)
+
+
 def fidelity(
     model: str,
     profile: Any = None,
@@ -359,9 +379,10 @@ def fidelity(
     compares the simulator with their median; rows gain `real_runs` and `real_spread`, the
     result `repeats` and `median_real_spread` (`run_loads`, `summarize`).
     `in_run=True` adds, per load, the simulator calibrated by the real runs' own task times
-    (module docstring): rows gain "sim_in_run", "error_in_run" and "in_run_scale", the
-    result "in_run" (the `summarize` of those errors), and "in_run_task_overhead_s" (the
-    hand-off, `handoff_s`); and the trace-driven simulation: rows
+    (module docstring): rows gain "sim_in_run", "error_in_run", "in_run_scale" and
+    "in_run_task_extra_s" (`in_run_fit`'s a and b), the result "in_run" (the `summarize` of
+    those errors), and "in_run_task_overhead_s" (the hand-off, `handoff_s`); and the
+    trace-driven simulation: rows
     gain "sim_in_run_noise", "error_in_run_noise" and "in_run_noise" (the ratios per size
     bin), the result "in_run_noise". It needs the sequential operator
     policy (whole-model tasks); with an injected `real`, its results carry the tasks under
@@ -446,7 +467,7 @@ def fidelity(
         if in_run:
             if not tasks:
                 raise ValueError("in-run calibration needs the real run's lane tasks")
-            scales.setdefault(q, []).append(in_run_scale(tasks, cost.whole_s))
+            scales.setdefault(q, []).append(in_run_fit(tasks, cost.whole_s))
             task_lists.setdefault(q, []).extend(tasks)
             gap_lists.setdefault(q, []).extend(gaps)
             if host and r.get("cpu"):
@@ -478,15 +499,16 @@ def fidelity(
 
         for row in rows:
             q = float(row["qps"])
-            f = _median(scales[q])
+            f, fixed_s = (_median([fit[k] for fit in scales[q]]) for k in (0, 1))
             over = handoff_s(gap_lists.get(q, []), task_overhead_s)
             hm = HostModel.median(
                 [m for r in cpu_lists.get(q, []) if (m := HostModel.from_run(r, over))]
             )
             scaled = make_cost(scaled_profile(profile, f), cfg.granularity, graph_info)
             noise = ServiceNoise.from_tasks(task_lists[q], cost.whole_s, seed=seed)
-            c = in_run_sim(row, scaled, over, hm=hm)
+            c = in_run_sim(row, scaled, over + fixed_s, hm=hm)
             row["in_run_scale"] = f
+            row["in_run_task_extra_s"] = fixed_s
             row["in_run_task_overhead_s"] = over
             row["in_run_host"] = hm.to_dict() if hm is not None else None
             row["sim_in_run"], row["error_in_run"] = c["sim"], c["error"]
@@ -495,7 +517,7 @@ def fidelity(
             row["sim_in_run_noise"], row["error_in_run_noise"] = c["sim"], c["error"]
             if hm is not None:
                 wo = row.setdefault("without_host", {})
-                wo["error_in_run"] = in_run_sim(row, scaled, over)["error"]
+                wo["error_in_run"] = in_run_sim(row, scaled, over + fixed_s)["error"]
                 wo["error_in_run_noise"] = in_run_sim(row, cost, over, noise)["error"]
         extra["in_run"] = summarize([{"error": r["error_in_run"]} for r in rows])
         extra["in_run_noise"] = summarize([{"error": r["error_in_run_noise"]} for r in rows])

@@ -407,6 +407,15 @@ def test_in_run_scale_and_scaled_profile():
     tasks = [(10, 0.002), (20, 0.004)]
     assert in_run_scale(tasks, lambda n: n * 1e-4) == pytest.approx(0.006 / 0.003)
     assert math.isnan(in_run_scale([], lambda n: 1.0))
+    # a fixed cost per task is not a slowdown: 1.1 x the prediction + 0.3 ms, fitted back
+    pred = lambda n: n * 1e-4  # noqa: E731
+    tasks = [(n, 1.1 * pred(n) + 3e-4) for n in (1, 4, 16, 64, 256)]
+    a, b = fidelity_mod.in_run_fit(tasks, pred)
+    assert a == pytest.approx(1.1) and b == pytest.approx(3e-4)
+    assert in_run_scale(tasks, pred) > 1.1  # one factor overcharges the large tasks
+    assert fidelity_mod.in_run_fit([(8, 0.002)], pred) == (pytest.approx(2.5), 0.0)  # one size
+    shrinking = [(1, 5e-5), (100, 0.02)]  # b < 0 would fit: one factor instead
+    assert fidelity_mod.in_run_fit(shrinking, pred) == (in_run_scale(shrinking, pred), 0.0)
     prof = {
         "whole_ms": [1.0, 2.0],
         "granularities": {"coarse": {"ops": {"a": [0.5, 1.0]}}},
@@ -440,6 +449,7 @@ def test_fidelity_in_run_calibrates_the_simulator_by_the_real_tasks(profile_path
     for row in r["loads"]:
         assert row["in_run_task_overhead_s"] == fidelity_mod.DEFAULT_TASK_OVERHEAD_S  # no gaps
         assert row["in_run_scale"] == pytest.approx(3.0)
+        assert row["in_run_task_extra_s"] == pytest.approx(0.0, abs=1e-9)
         assert row["sim_in_run"]["p50"] > 2.0 * row["sim"]["p50"]
         want = (row["sim_in_run"]["p95"] - 2.0) / 2.0
         assert row["error_in_run"]["p95"] == pytest.approx(want)
