@@ -62,7 +62,8 @@ def main() -> None:
             row["bins"].append(b)
             print(f"  items {lo}-{hi - 1}: {b['tasks']} tasks, measured / profile "
                   f"{b['measured_over_profile']:.2f}; predicted / measured: one factor "
-                  f"{b['one_factor_over_measured']:.2f}, fit {b['fit_over_measured']:.2f}")  # fmt: skip
+                  f"{b['one_factor_over_measured']:.2f}, fit "
+                  f"{b['fit_over_measured']:.2f}")  # fmt: skip
         out.append(row)
     if a.json:
         with open(a.json, "w") as f:

@@ -318,17 +318,22 @@ def in_run_fit(
     tasks: Sequence[tuple[int, float]], whole_s: Callable[[int], float]
 ) -> tuple[float, float]:
     """`(a, b)`: a real run's lane tasks `(items, seconds)` as `a x predicted + b` seconds each
-    (least squares): a slowdown of the model's own work and a fixed cost per task (a lane's
-    wake-up after idling, gathering the batch). One factor alone (`in_run_scale`) is pulled up
-    by the small tasks, whose fixed cost is a large share of their time, and then overcharges
-    the large ones that set a p95: by 17% at rmc1's lowest fidelity load (BENCHMARKS.md). With
-    a negative fit (or fewer than two distinct predictions), `(in_run_scale, 0)`."""
+    (least squares on the relative error): a slowdown of the model's own work and a fixed cost
+    per task (a lane's wake-up after idling, gathering the batch). One factor alone
+    (`in_run_scale`) is pulled up by the small tasks, whose fixed cost is a large share of
+    their time, and then overcharges the large ones that set a p95: by 18% at rmc1's lowest
+    fidelity load (`benchmarks/in_run_fit.py`, BENCHMARKS.md). With a negative fit (or fewer
+    than two distinct predictions), `(in_run_scale, 0)`."""
     scale = in_run_scale(tasks, whole_s)
     pred = np.array([whole_s(int(n)) for n, _ in tasks], dtype=float)
     if len(pred) < 2 or not (np.ptp(pred) > 0):
         return scale, 0.0
     secs = np.array([float(d) for _, d in tasks])
-    (a, b), *_ = np.linalg.lstsq(np.vstack([pred, np.ones_like(pred)]).T, secs, rcond=None)
+    # in relative terms (secs / pred = a + b / pred), so the many small tasks count as much
+    # as the few large ones whose seconds would otherwise swamp the fit
+    ok = pred > 0
+    x = np.vstack([np.ones(int(ok.sum())), 1.0 / pred[ok]]).T
+    (a, b), *_ = np.linalg.lstsq(x, secs[ok] / pred[ok], rcond=None)
     if not (a > 0 and b >= 0):
         return scale, 0.0
     return float(a), float(b)
