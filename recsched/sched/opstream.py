@@ -78,8 +78,9 @@ class OpStreamOptions:
       row (engine overhead included) is within this share of the whole remainder's
       (`_cheap_piece_s`; 0: off), however long its budget: free by the profile on models
       whose per-row cost does not fall with the batch (din), a halving at most of the
-      largest batches on the others. (Served tasks carry a fixed cost `engine_overhead_s`
-      underestimates, ~0.6 ms on din: there the pieces cost about what whole batches do.)
+      largest batches on the others. (Served din tasks carried ~0.6 ms of fixed cost in
+      light-load runs, more than `engine_overhead_s`: at that cost the pieces cost about
+      what whole batches do.)
     - `split_cheaper`: work of any value is cut into pieces that cost less per row than the
       whole (din; no other model here): it saves lane time, and the pieces spread.
     - `w_interference`: weight of the same-class co-running penalty (share of the overlap
