@@ -96,11 +96,58 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+BUILTIN_PRESETS = tuple(PRESETS)
+
+
 def preset(name: str, **overrides: Any) -> EngineConfig:
     """The configuration a preset names (`baseline`, `deeprecsched`, `opstream`, ...)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; one of {', '.join(PRESETS)}")
     return EngineConfig(**{**PRESETS[name], **overrides})
+
+
+def load_presets(path: str | Path) -> list[str]:
+    """Register the presets a TOML file defines and return their names, in file order.
+
+    Each table is one preset: `preset = "BASE"` (optional: a preset whose fields come first)
+    and `EngineConfig` fields, with OpStream's options as an `opstream` table:
+
+        [din-short]
+        preset = "opstream"
+        request = "split"
+        batch_size = 64
+        opstream = { gate_frac = 0.05, split_frac = 0.1 }
+
+    A name that is a built-in preset, an unknown base or field, or a value `EngineConfig`
+    refuses is a ValueError naming the file and the table (OpStream's option names are
+    checked when an engine is made, `OpStreamOptions.from_dict`)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not TOML ({exc})") from None
+    known = {f.name for f in dataclasses.fields(EngineConfig)}
+    names = []
+    for name, table in data.items():
+        where = f"{path} [{name}]"
+        if not isinstance(table, dict):
+            raise ValueError(f"{where}: a preset is a table of EngineConfig fields")
+        if name in BUILTIN_PRESETS:
+            raise ValueError(f"{where}: {name!r} is a built-in preset; choose another name")
+        fields = dict(table)
+        base = fields.pop("preset", None)
+        if base is not None and base not in PRESETS:
+            raise ValueError(f"{where}: unknown base preset {base!r}; one of {', '.join(PRESETS)}")
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown fields {unknown}; known: {sorted(known)}")
+        merged = {**(PRESETS[base] if base is not None else {}), **fields}
+        try:
+            EngineConfig(**merged)
+        except (TypeError, ValueError, AssertionError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        PRESETS[name] = merged
+        names.append(name)
+    return names
 
 
 def load_config(path: str | Path) -> EngineConfig:

@@ -48,6 +48,14 @@ ArrivalsOpt = Annotated[str, typer.Option("--arrivals", help="poisson | constant
 LanesOpt = Annotated[int | None, typer.Option("--lanes", help="CPU lanes (worker threads).")]
 TplOpt = Annotated[int | None, typer.Option("--threads-per-lane", help="Intra-op threads.")]
 SimOpt = Annotated[bool, typer.Option("--sim", help="Measure on the simulator instead.")]
+PresetsFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--presets-file",
+        help="TOML file of named presets (tables of EngineConfig fields, `preset = BASE` "
+        "optional), usable by name in --preset/--presets.",
+    ),
+]
 OffloadOpt = Annotated[
     int | None,
     typer.Option(
@@ -89,6 +97,16 @@ def _emit(result: dict, table: Table, json_path: Path | None) -> None:
     if json_path is not None:
         write_json(result, json_path)
         console.print(f"[dim]wrote {json_path}[/dim]")
+
+
+def _presets_file(path: Path | None) -> None:
+    """Register the presets of `--presets-file`, their OpStream options checked now."""
+    if path is None:
+        return
+    from recsched.bench.setup import register_presets
+
+    names = register_presets(path)
+    _log(f"[dim]presets from {path}: {', '.join(names) or 'none'}[/dim]")
 
 
 def _fail(msg: str) -> None:
@@ -228,6 +246,7 @@ def bench_cmd(
     scale: ScaleOpt = "small",
     seed: SeedOpt = 0,
     json_path: JsonOpt = None,
+    presets_file: PresetsFileOpt = None,
     driver: Annotated[str, typer.Option(help="native (our open loop) | mlperf (LoadGen).")] = (
         "native"
     ),
@@ -255,6 +274,7 @@ def bench_cmd(
 
     if driver not in ("native", "mlperf") or scenario not in ("server", "offline"):
         _fail(f"unknown driver {driver!r} or scenario {scenario!r}")
+    _presets_file(presets_file)
     accel = _accel(offload_threshold, accel_lanes, [preset])
     s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile)
     cfg = s.config(  # logs a tuning on a cache miss, and an `auto` granularity's choice
@@ -351,12 +371,14 @@ def capacity_cmd(
     sim: SimOpt = False,
     confirm: ConfirmOpt = 0,
     json_path: JsonOpt = None,
+    presets_file: PresetsFileOpt = None,
     offload_threshold: OffloadOpt = None,
     accel_lanes: AccelLanesOpt = None,
 ) -> None:
     """Latency-bounded throughput: the highest rate whose tail meets the SLA."""
     from recsched.bench.setup import Setup
 
+    _presets_file(presets_file)
     accel = _accel(offload_threshold, accel_lanes, [preset], sim)
     s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile, sim)
     r = s.capacity(
@@ -390,12 +412,14 @@ def compare_cmd(
         ),
     ] = True,
     json_path: JsonOpt = None,
+    presets_file: PresetsFileOpt = None,
     offload_threshold: OffloadOpt = None,
     accel_lanes: AccelLanesOpt = None,
 ) -> None:
     """Capacity of each preset on the same workload seed, side by side."""
     from recsched.bench.setup import Setup
 
+    _presets_file(presets_file)
     names = [p.strip() for p in presets.split(",") if p.strip()]
     accel = _accel(offload_threshold, accel_lanes, names, sim)
     s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile, sim)
@@ -505,10 +529,12 @@ def sweep_cmd(
     seed: SeedOpt = 0,
     plot: Annotated[Path | None, typer.Option(help="Write p95/p99 vs load plots here.")] = None,
     json_path: JsonOpt = None,
+    presets_file: PresetsFileOpt = None,
 ) -> None:
     """Offered load vs p95/p99 for several presets (the same workload seed at each rate)."""
     from recsched.bench.setup import Setup
 
+    _presets_file(presets_file)
     s = Setup.make(model, scale, seed, classes, sizes, arrivals, sla_ms, sla_x, percentile)
     names = [p.strip() for p in presets.split(",") if p.strip()]
     if qps:

@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from recsched.bench import calibrate
 from recsched.bench.capacity import RunFn, capacity_result, find_capacity, in_turns
 from recsched.bench.run import InputPool, LoadSpec, bench_once
-from recsched.config import EngineConfig, preset
+from recsched.config import PRESETS, EngineConfig, preset
 from recsched.metrics.trace import TraceRecorder
 from recsched.models.base import ModelAdapter
 from recsched.sched.opstream import GranularityChoice, resolve_granularity
@@ -37,6 +38,22 @@ DEFAULT_SLA_X = 20.0  # loose, as DeepRecSys; the production p95 query is ~6x th
 GUESS_FRACTION = 0.7
 GUESS_RUN_S = 2.0  # simulated run length (at least 300 queries, as the real runs)
 Log = Callable[[str], None]
+
+
+def register_presets(path: str | Path) -> list[str]:
+    """`--presets-file`: register the presets a TOML file defines (`config.load_presets`),
+    their OpStream options checked now rather than when an engine is made; their names."""
+    from recsched.config import load_presets
+    from recsched.sched.opstream import OpStreamOptions
+
+    names = load_presets(path)
+    for n in names:
+        try:
+            OpStreamOptions.from_dict(dict(PRESETS[n].get("opstream") or {}))
+        except (TypeError, ValueError, AssertionError) as exc:
+            del PRESETS[n]
+            raise ValueError(f"{path} [{n}]: opstream options: {exc}") from None
+    return names
 
 
 def load(model: str, scale: str = "small", seed: int = 0) -> ModelAdapter:
@@ -120,6 +137,8 @@ class Setup:
         """The configuration of a preset; `tuned` request knobs come from the tuner."""
         lanes, tpl = default_lanes()
         base: dict[str, Any] = {"lanes": lanes, "threads_per_lane": tpl}
+        own = PRESETS.get(name, {})  # a preset from a file may set its lanes
+        base = {k: v for k, v in base.items() if k not in own}
         given = {k: v for k, v in overrides.items() if v is not None}
         return self.resolve(preset(name, **{**base, **given}), log, keep=tuple(given))
 

@@ -101,6 +101,9 @@ def register(app: typer.Typer) -> None:
     def serve_cmd(
         models: list[str] = typer.Argument(..., help="Models to serve (rmc1, ncf, din, ...)."),
         preset: str = typer.Option("dynamic", help="Engine preset (baseline, dynamic, ...)."),
+        presets_file: Path | None = typer.Option(
+            None, help="TOML file of named presets (as the measuring commands' --presets-file)."
+        ),
         host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
         port: int = typer.Option(8000, help="TCP port."),
         scale: str = typer.Option("small", help="Model scale: small | paper."),
@@ -189,6 +192,10 @@ def register(app: typer.Typer) -> None:
         from recsched.workload.classes import parse_classes
 
         try:
+            if presets_file is not None:
+                from recsched.bench.setup import register_presets
+
+                register_presets(presets_file)
             given = {"lanes": lanes, "offload_threshold": offload_threshold}
             if offload_threshold is not None:
                 if (why := offload_refused()) is not None:
