@@ -189,6 +189,9 @@ def run_model(name: str, a: argparse.Namespace) -> dict[str, Any]:
     abl = ABLATIONS if not a.quick else {"opstream": {}}
     if a.ablations:
         abl = {v: ABLATIONS[v] for v in a.ablations.split(",")}
+    for spec in a.variant or []:  # NAME=JSON: an opstream variant with these options
+        label, _, opts = spec.partition("=")
+        abl = {**abl, label: json.loads(opts)}
     tweak = json.loads(a.opstream_options) if a.opstream_options else {}
     variants += [(v, "opstream", {**req, "opstream": {**tweak, **o}}) for v, o in abl.items()]
     runs: dict[str, list[dict]] = {v[0]: [] for v in variants}
@@ -306,6 +309,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="baseline and opstream only")
     ap.add_argument(
         "--ablations", help=f"the opstream variants to run, of {','.join(ABLATIONS)} (default: all)"
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        help='another opstream variant, NAME=JSON of its options: w_age2={"w_age": 2.0}',
     )
     ap.add_argument(
         "--opstream-options",
