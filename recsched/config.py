@@ -125,7 +125,6 @@ def load_presets(path: str | Path) -> list[str]:
         data = tomllib.loads(Path(path).read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: not TOML ({exc})") from None
-    known = {f.name for f in dataclasses.fields(EngineConfig)}
     names = []
     for name, table in data.items():
         where = f"{path} [{name}]"
@@ -133,14 +132,7 @@ def load_presets(path: str | Path) -> list[str]:
             raise ValueError(f"{where}: a preset is a table of EngineConfig fields")
         if name in BUILTIN_PRESETS:
             raise ValueError(f"{where}: {name!r} is a built-in preset; choose another name")
-        fields = dict(table)
-        base = fields.pop("preset", None)
-        if base is not None and base not in PRESETS:
-            raise ValueError(f"{where}: unknown base preset {base!r}; one of {', '.join(PRESETS)}")
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown fields {unknown}; known: {sorted(known)}")
-        merged = {**(PRESETS[base] if base is not None else {}), **fields}
+        merged = _preset_fields(table, where)
         try:
             EngineConfig(**merged)
         except (TypeError, ValueError, AssertionError) as exc:
@@ -150,12 +142,20 @@ def load_presets(path: str | Path) -> list[str]:
     return names
 
 
+def _preset_fields(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """A TOML table's `EngineConfig` fields, its base preset's (`preset = NAME`) first;
+    ValueError naming `where` for an unknown base or field."""
+    fields = dict(table)
+    base = fields.pop("preset", None)
+    if base is not None and base not in PRESETS:
+        raise ValueError(f"{where}: unknown base preset {base!r}; one of {', '.join(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(EngineConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown fields {unknown}; known: {sorted(known)}")
+    return {**(PRESETS[base] if base is not None else {}), **fields}
+
+
 def load_config(path: str | Path) -> EngineConfig:
     """An EngineConfig from a TOML file (keys as the dataclass fields; `preset` allowed)."""
-    data = tomllib.loads(Path(path).read_text())
-    name = data.pop("preset", None)
-    known = {f.name for f in dataclasses.fields(EngineConfig)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-    return preset(name, **data) if name else EngineConfig(**data)
+    return EngineConfig(**_preset_fields(tomllib.loads(Path(path).read_text()), str(path)))

@@ -348,16 +348,14 @@ class Setup:
         `recsched peak`'s, measured before anything else (the start rates are guessed from
         it, `start_qps`)."""
         assert self.sla_ms is not None, "capacity needs an SLA"
-        if not self.sim:  # measured (or read) first: the start rates are guessed from it
-            real_peak = calibrate.peak(self.adapter)["peak_items_per_s"]
+        # measured (or read) first: the start rates are guessed from it
+        peak = None if self.sim else calibrate.peak(self.adapter)["peak_items_per_s"]
         cfg = self.config(name, log, **overrides)
         if self.sim:
             from recsched.sim.run import lane_profile, profile_peak
 
             prof = lane_profile(self.adapter, cfg.threads_per_lane)
             peak = profile_peak(prof, cfg.lanes)["peak_items_per_s"]
-        else:
-            peak = real_peak
         run = self.run_fn(cfg, name, duration_s, stop_on_miss=True)
         return run, self.start_qps(cfg), peak
 

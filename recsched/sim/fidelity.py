@@ -453,14 +453,16 @@ def fidelity(
     types = types_with(host_model)
     sim_host = sim_run_fn(setup, cfg, name, duration_s, types=types)
     plain: dict[float, dict] = {}  # the same simulation without the host model
-    sim_plain = sim_run_fn(setup, cfg, name, duration_s, types=types_with(None))
+    sim_plain = None
+    if host_model is not None:
+        sim_plain = sim_run_fn(setup, cfg, name, duration_s, types=types_with(None))
 
     def sim(q: float) -> dict:
-        if host_model is not None:
+        if sim_plain is not None:
             plain[q] = sim_plain(q)
         return sim_host(q)
 
-    scales: dict[float, list[float]] = {}
+    fits: dict[float, list[tuple[float, float]]] = {}  # in_run_fit's (a, b) per real run
     task_lists: dict[float, list] = {}
     gap_lists: dict[float, list[float]] = {}
     cpu_lists: dict[float, list[dict]] = {}
@@ -472,7 +474,7 @@ def fidelity(
         if in_run:
             if not tasks:
                 raise ValueError("in-run calibration needs the real run's lane tasks")
-            scales.setdefault(q, []).append(in_run_fit(tasks, cost.whole_s))
+            fits.setdefault(q, []).append(in_run_fit(tasks, cost.whole_s))
             task_lists.setdefault(q, []).extend(tasks)
             gap_lists.setdefault(q, []).extend(gaps)
             if host and r.get("cpu"):
@@ -504,7 +506,7 @@ def fidelity(
 
         for row in rows:
             q = float(row["qps"])
-            f, fixed_s = (_median([fit[k] for fit in scales[q]]) for k in (0, 1))
+            f, fixed_s = (_median([fit[k] for fit in fits[q]]) for k in (0, 1))
             over = handoff_s(gap_lists.get(q, []), task_overhead_s)
             hm = HostModel.median(
                 [m for r in cpu_lists.get(q, []) if (m := HostModel.from_run(r, over))]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from recsched.config import EngineConfig, preset
+from recsched.graph.cost import interpolate
 from recsched.metrics.latency import LatencyLog, summarize_ms
 from recsched.metrics.report import cost_core_s_per_1k
 from recsched.sim.cluster import FAILED, OK, REJECTED, Cluster, ClusterRun
@@ -507,7 +508,7 @@ def _setup_run_fn(
     }
 
     def run(qps: float) -> dict:
-        d = min(4 * duration_s, max(duration_s, 300.0 / qps))  # as Setup.run_fn's real runs
+        d = setup.run_duration(qps, duration_s)  # as Setup.run_fn's real runs
         return simulate(ad.name, cfg, None, qps=qps, duration_s=d, types=types, **common)
 
     return run
@@ -583,8 +584,6 @@ class PeakCost:
         self.secs = [0.0] + [lanes * b / float(rates[str(b)]) for b in sizes]
 
     def whole_s(self, batch: int) -> float:
-        from recsched.graph.cost import interpolate
-
         return interpolate(self.sizes, self.secs, float(batch))
 
 
