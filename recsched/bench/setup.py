@@ -7,6 +7,7 @@ options mean the same thing everywhere.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 import math
@@ -228,9 +229,11 @@ class Setup:
         `stop_on_miss` (searches that need only the verdict), a real run stops as soon as its
         SLA verdict is decided a miss (`recsched.bench.run.run_open_loop`). With
         `trace` (real engine), the result also holds "lane_tasks": [items, seconds] of every
-        lane task of the measured run, and "lane_gaps_s": per lane, the time from each task's
-        end to the next one's start (the engine's hand-off between tasks, plus idling); the
-        simulator's in-run calibration reads them."""
+        lane task of the measured run, "lane_task_context": for each of those tasks,
+        [idle seconds before it on its lane, 1 if another lane was busy when it started else 0]
+        (`lane_task_context`), and "lane_gaps_s": per lane, the time from each task's end to
+        the next one's start (the engine's hand-off between tasks, plus idling); the
+        simulator's in-run and probe calibrations read them."""
         if self.sim:
             from recsched.sim.run import sim_run_fn
 
@@ -248,11 +251,10 @@ class Setup:
             )  # fmt: skip
             if rec is not None:
                 ev = [e for e in rec.events() if e.get("ph") == "X"]
-                r["lane_tasks"] = [
-                    [e["args"].get("items", 0), e["dur"] * 1e-6]
-                    for e in ev
-                    if not e["args"].get("error")
-                ]
+                ctx = lane_task_context(ev)
+                ok = [i for i, e in enumerate(ev) if not e["args"].get("error")]
+                r["lane_tasks"] = [[ev[i]["args"].get("items", 0), ev[i]["dur"] * 1e-6] for i in ok]
+                r["lane_task_context"] = [list(ctx[i]) for i in ok]
                 r["lane_gaps_s"] = lane_gaps_s(ev)
             return r
 
@@ -410,6 +412,32 @@ def lane_gaps_s(events: list[dict]) -> list[float]:
         spans.sort()
         gaps += [max(0.0, (b[0] - a[1]) * 1e-6) for a, b in itertools.pairwise(spans)]
     return gaps
+
+
+def lane_task_context(events: list[dict]) -> list[tuple[float, int]]:
+    """For each of a lane trace's "X" events, in the given order: (seconds its lane sat idle
+    before it, inf for a lane's first task; 1 if a task on another lane was running when it
+    started, else 0), what a task's time depends on beside its size (`IdleModel`, the
+    interference table)."""
+    spans = [(e.get("tid"), e["ts"], e["ts"] + e["dur"]) for e in events]
+    by_lane: dict[Any, list[tuple[float, float]]] = {}
+    for lane, start, end in spans:
+        by_lane.setdefault(lane, []).append((start, end))
+    starts = {}
+    for lane, ss in by_lane.items():
+        ss.sort()
+        starts[lane] = [a for a, _ in ss]
+    out = []
+    for lane, start, _ in spans:
+        own, j = by_lane[lane], bisect.bisect_left(starts[lane], start)
+        idle = math.inf if j == 0 else max(0.0, (start - own[j - 1][1]) * 1e-6)
+        other = 0
+        for ln, ss in by_lane.items():  # the last task started before it on each other lane
+            k = bisect.bisect_left(starts[ln], start) - 1
+            if ln != lane and k >= 0 and ss[k][1] > start:
+                other = 1
+        out.append((idle, other))
+    return out
 
 
 def _pct(r: dict, p: float) -> float:

@@ -31,13 +31,23 @@ is trace-driven in full ("error_in_run_noise"): each simulated task's time is th
 prediction times a ratio drawn from the real tasks of its size (`ServiceNoise`): served
 tasks cost more per item at small sizes than at large ones, and they spread, and a
 deterministic service time shows neither (the queueing it misses grows with the spread).
+
+With `in_run=True` and loads from a probe run, two more simulations per load are calibrated
+*before* any measured run, by the probe's lane tasks alone ("error_probe"): `probe_fit` fits
+each task's time with the terms the simulator varies by itself (a slowdown, the co-run
+slowdown when another lane is busy at the start, the slower start after idling, a fixed
+cost), so what was fitted at the probe's load carries to the others; "error_probe_flat" is
+`in_run_fit`'s two terms from the probe, for comparison.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import statistics
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,10 +55,12 @@ import numpy as np
 from recsched.config import EngineConfig
 from recsched.metrics.machine import run_share
 from recsched.sim.host import HostModel
-from recsched.sim.interference import DEFAULT, calibrate_model
-from recsched.sim.lanes import ServiceNoise
+from recsched.sim.interference import DEFAULT, InterferenceModel, calibrate_model
+from recsched.sim.lanes import WHOLE_CLASS, IdleModel, ServiceNoise
 from recsched.sim.run import (
     DEFAULT_TASK_OVERHEAD_S,
+    IDLE_FROM_S,
+    IDLE_GAP_S,
     add_engine_idle_cost,
     idle_model,
     make_cost,
@@ -339,6 +351,70 @@ def in_run_fit(
     return float(a), float(b)
 
 
+@dataclass(frozen=True)
+class ProbeFit:
+    """A run's lane tasks as `a x predicted x (1 + (interference - 1) x o) x (1 + (idle_ratio
+    - 1) x w) + b + idle_extra_s x w` seconds each, where `o` is 1 when another lane was busy
+    at the task's start and `w` the idle model's weight of the gap before it
+    (`IdleModel.weight`): the slowdown of the model's own work, its co-run slowdown, its
+    slower start after idling, and a fixed cost per task, busy and after idling. Unlike
+    `in_run_fit` (whose `b` holds the load's own mix of idle starts, falling from 1.1 ms to
+    0.6 ms per dien task from 30% to 85% load), it carries from the run it was fitted on
+    to other loads, where the simulator sets `o` and `w` from its own lanes."""
+
+    a: float
+    b: float = 0.0
+    interference: float = 1.0
+    idle_ratio: float = 1.0
+    idle_extra_s: float = 0.0
+    tasks: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def probe_fit(
+    tasks: Sequence[tuple[int, float]],
+    context: Sequence[tuple[float, int]],
+    whole_s: Callable[[int], float],
+    weight: Callable[[float], float],
+) -> ProbeFit:
+    """`ProbeFit` of a real run's lane tasks `(items, seconds)` with their `context` (`(idle
+    seconds before, another lane busy at the start)`, `recsched.bench.setup.lane_task_context`),
+    by non-negative least squares on the relative error (`secs / predicted = a + b /
+    predicted + k o + c w + e w / predicted`, every subset of the terms beside `a` solved,
+    the best with no negative coefficient kept; 16 subsets). Falls back to `in_run_fit`'s
+    slowdown alone when no subset has a positive `a`."""
+    assert len(tasks) == len(context), "one context per task"
+    rows = [
+        (whole_s(int(n)), float(d), float(o), weight(float(g)))
+        for (n, d), (g, o) in zip(tasks, context, strict=True)
+        if whole_s(int(n)) > 0
+    ]
+    if len(rows) < 5:
+        a, b = in_run_fit(tasks, whole_s)
+        return ProbeFit(a, b, tasks=len(tasks))
+    pred, secs, o, w = (np.array(c, dtype=float) for c in zip(*rows, strict=True))
+    cols = np.vstack([np.ones_like(pred), 1.0 / pred, o, w, w / pred]).T
+    y = secs / pred
+    best: tuple[float, np.ndarray] | None = None
+    for mask in itertools.product((False, True), repeat=4):
+        keep = [0] + [i + 1 for i, m in enumerate(mask) if m]
+        coef, *_ = np.linalg.lstsq(cols[:, keep], y, rcond=None)
+        if coef[0] <= 0 or (coef < 0).any():
+            continue
+        full = np.zeros(5)
+        full[keep] = coef
+        res = float(np.sum((cols @ full - y) ** 2))
+        if best is None or res < best[0]:
+            best = (res, full)
+    if best is None:
+        a, b = in_run_fit(tasks, whole_s)
+        return ProbeFit(a, b, tasks=len(tasks))
+    a, b, k, c, e = (float(x) for x in best[1])
+    return ProbeFit(a, b, 1.0 + k / a, 1.0 + c / a, e, len(rows))
+
+
 def fidelity(
     model: str,
     profile: Any = None,
@@ -433,6 +509,7 @@ def fidelity(
         )  # fmt: skip
 
     host_model: HostModel | None = None
+    probe_sims: dict[str, Any] | None = None
     if real is None:
         real = setup.run_fn(cfg, name, duration_s, trace=in_run)
     capacity: dict[str, Any] = {"source": "given"}
@@ -442,6 +519,9 @@ def fidelity(
         if loads_from == "run":
             probe = round(PROBE_LOAD * cap, 1)
             probed = real(probe)
+            probe_tasks = probed.pop("lane_tasks", None)
+            probe_ctx = probed.pop("lane_task_context", None)
+            probe_gaps = probed.pop("lane_gaps_s", None) or []
             by_lanes, by_cpu = run_capacity_qps(probed, cfg.lanes), cpu_capacity_qps(probed)
             found = [q for q in (by_lanes, by_cpu) if q is not None]
             if found:
@@ -449,6 +529,12 @@ def fidelity(
                                 lanes_qps=by_lanes, cpu_qps=by_cpu)  # fmt: skip
             if host:
                 host_model = HostModel.from_run(probed, task_overhead_s)
+            if in_run and probe_tasks and probe_ctx and isinstance(profile, dict):
+                probe_sims = _probe_calibrated(
+                    setup, cfg, name, duration_s, profile, cost, graph_info, policy_cost,
+                    probed if host else None, probe_tasks, probe_ctx, probe_gaps,
+                    task_overhead_s,
+                )  # fmt: skip
         qps_list = [round(f * capacity["qps"], 1) for f in DEFAULT_LOADS]
     types = types_with(host_model)
     sim_host = sim_run_fn(setup, cfg, name, duration_s, types=types)
@@ -456,10 +542,13 @@ def fidelity(
     sim_plain = None
     if host_model is not None:
         sim_plain = sim_run_fn(setup, cfg, name, duration_s, types=types_with(None))
+    probed_sims: dict[str, dict[float, dict]] = {}  # the probe-calibrated simulations
 
     def sim(q: float) -> dict:
         if sim_plain is not None:
             plain[q] = sim_plain(q)
+        for key, fn in (probe_sims or {}).get("runs", {}).items():
+            probed_sims.setdefault(key, {})[q] = fn(q)
         return sim_host(q)
 
     fits: dict[float, list[tuple[float, float]]] = {}  # in_run_fit's (a, b) per real run
@@ -471,6 +560,7 @@ def fidelity(
         r = real(q)
         tasks = r.pop("lane_tasks", None)
         gaps = r.pop("lane_gaps_s", None) or []
+        r.pop("lane_task_context", None)
         if in_run:
             if not tasks:
                 raise ValueError("in-run calibration needs the real run's lane tasks")
@@ -528,6 +618,13 @@ def fidelity(
                 wo["error_in_run_noise"] = in_run_sim(row, cost, over, noise)["error"]
         extra["in_run"] = summarize([{"error": r["error_in_run"]} for r in rows])
         extra["in_run_noise"] = summarize([{"error": r["error_in_run_noise"]} for r in rows])
+    for key, by_q in probed_sims.items():
+        for row in rows:
+            c = compare(_as_real(row), by_q[float(row["qps"])])
+            row[f"sim_{key}"], row[f"error_{key}"] = c["sim"], c["error"]
+        extra[key] = summarize([{"error": r[f"error_{key}"]} for r in rows])
+    if probe_sims is not None:
+        extra["probe_fit"] = probe_sims["fit"]
     wo_rows = [r["without_host"] for r in rows if "without_host" in r]
     if wo_rows:
         extra["without_host"] = {
@@ -555,6 +652,57 @@ def fidelity(
         **summarize(rows),
         **extra,
     }
+
+
+def _probe_calibrated(
+    setup: Any,
+    cfg: EngineConfig,
+    name: str,
+    duration_s: float,
+    profile: dict[str, Any],
+    cost: Any,
+    graph_info: Any,
+    policy_cost: Any,
+    probed: dict[str, Any] | None,
+    tasks: Sequence[tuple[int, float]],
+    context: Sequence[tuple[float, int]],
+    gaps: Sequence[float],
+    task_overhead_s: float,
+) -> dict[str, Any]:
+    """The simulations calibrated by the probe run alone, made before any measured run:
+    "probe" (`probe_fit`: slowdown, co-run and idle terms, fixed cost, the probe's hand-off
+    and, given `probed`, its host CPU) and "probe_flat" (`in_run_fit`'s two terms, neither
+    co-run nor idle); `{"runs": {key: qps -> result}, "fit": ...}`."""
+    idle = idle_model(profile) or IdleModel([1], [1.0], IDLE_FROM_S, IDLE_GAP_S)
+    pf = probe_fit(tasks, context, cost.whole_s, idle.weight)
+    a, b = in_run_fit(tasks, cost.whole_s)
+    over = handoff_s(gaps, task_overhead_s)
+    hm = HostModel.from_run(probed, over) if probed is not None else None
+    sizes = profile["batch_sizes"]
+    variants = {
+        "probe": (
+            pf.a, pf.b,
+            InterferenceModel({f"{WHOLE_CLASS}|{WHOLE_CLASS}": pf.interference}, source="probe"),
+            IdleModel(sizes, [pf.idle_ratio] * len(sizes), idle.from_s, idle.gap_s,
+                      pf.idle_extra_s),
+        ),
+        "probe_flat": (a, b, "none", None),
+    }  # fmt: skip
+    runs = {}
+    for key, (f, fixed, table, idle_m) in variants.items():
+        types = server_types(
+            cfg, make_cost(scaled_profile(profile, f), cfg.granularity, graph_info), 1,
+            graph_info=graph_info, interference=table, task_overhead_s=over + fixed,
+            policy_cost=policy_cost, idle=idle_m, host=hm,
+        )  # fmt: skip
+        runs[key] = sim_run_fn(setup, cfg, name, duration_s, types=types)
+    fit = {
+        **pf.to_dict(),
+        "flat": {"a": a, "b": b},
+        "handoff_s": over,
+        "host": hm.to_dict() if hm is not None else None,
+    }
+    return {"runs": runs, "fit": fit}
 
 
 def _as_real(row: dict[str, Any]) -> dict[str, Any]:

@@ -465,6 +465,71 @@ def test_fidelity_in_run_calibrates_the_simulator_by_the_real_tasks(profile_path
         fidelity(MODEL, prof, [20.0], "opstream", real=real, in_run=True)
 
 
+def test_probe_fit_recovers_slowdown_corun_idle_and_fixed_cost():
+    """Tasks built from known terms (1.2x the prediction, 1.5x beside another lane, 1.4x
+    and 0.5 ms more after a long idle gap, 0.1 ms fixed) are fitted back exactly."""
+    pred = lambda n: n * 1e-4  # noqa: E731
+    weight = lambda g: min(1.0, g / 0.02)  # noqa: E731
+    tasks, ctx = [], []
+    for n in (1, 4, 16, 64, 256):
+        for gap, other in ((0.0, 0), (0.0, 1), (0.01, 0), (0.05, 1), (math.inf, 0)):
+            w = weight(gap)
+            t = 1.2 * pred(n) * (1 + 0.5 * other + 0.4 * w) + 1e-4 + 5e-4 * w
+            tasks.append((n, t))
+            ctx.append((gap, other))
+    f = fidelity_mod.probe_fit(tasks, ctx, pred, weight)
+    assert f.a == pytest.approx(1.2) and f.b == pytest.approx(1e-4)
+    assert f.interference == pytest.approx(1.5) and f.idle_ratio == pytest.approx(1.4)
+    assert f.idle_extra_s == pytest.approx(5e-4) and f.tasks == 25
+    # no context to tell apart: the terms it cannot see stay at "none" (no negative terms)
+    flat = [(n, 1.1 * pred(n) + 3e-4) for n in (1, 4, 16, 64, 256)]
+    f = fidelity_mod.probe_fit(flat, [(0.0, 0)] * 5, pred, weight)
+    assert (f.a, f.b) == (pytest.approx(1.1), pytest.approx(3e-4))
+    assert (f.interference, f.idle_ratio, f.idle_extra_s) == (1.0, 1.0, 0.0)
+    few = fidelity_mod.probe_fit(flat[:2], [(0.0, 0)] * 2, pred, weight)  # too few: in_run_fit
+    assert (few.a, few.b) == fidelity_mod.in_run_fit(flat[:2], pred)
+
+
+def test_the_probe_run_calibrates_a_simulation_made_before_the_measured_runs(profile_path):
+    """With loads from a probe run and `in_run`, the probe's own lane tasks (3x the profile)
+    calibrate two more simulations of every load, "probe" and "probe_flat", before any
+    measured run: both charge the 3x, so they run slower than the profile's."""
+    prof = json.loads(profile_path.read_text())
+    cost = fidelity_mod.make_cost(prof, "coarse")
+    calls: list[float] = []
+
+    def real(qps: float) -> dict:
+        calls.append(qps)
+        tasks = [[n, 3.0 * cost.whole_s(n)] for n in (1, 4, 16, 64, 100) for _ in range(2)]
+        return _bench(qps, 2.0) | {
+            "lane_utilization": [0.25, 0.25],
+            "lane_tasks": tasks,
+            "lane_task_context": [[0.0, i % 2] for i in range(len(tasks))],
+        }
+
+    r = fidelity(
+        MODEL, prof, None, "baseline", duration_s=0.3, seed=1, sla_ms=500.0, sizes="fixed:8",
+        real=real, in_run=True, interference="none",
+    )  # fmt: skip
+    assert len(calls) == 4  # the probe, then the three loads
+    fit = r["probe_fit"]
+    assert fit["a"] == pytest.approx(3.0) and fit["b"] == pytest.approx(0.0, abs=1e-12)
+    assert fit["interference"] == pytest.approx(1.0) and fit["tasks"] == 10
+    assert fit["flat"]["a"] == pytest.approx(3.0)
+    for row in r["loads"]:
+        assert "lane_task_context" not in row
+        for key in ("probe", "probe_flat"):
+            assert row[f"sim_{key}"]["p50"] > 2.0 * row["sim"]["p50"]
+            want = (row[f"sim_{key}"]["p95"] - 2.0) / 2.0
+            assert row[f"error_{key}"]["p95"] == pytest.approx(want)
+    assert set(r["probe"]) >= {"max_abs_error", "p95_within_goal"} and "probe_flat" in r
+    given = fidelity(
+        MODEL, prof, [20.0], "baseline", duration_s=0.3, seed=1, sla_ms=500.0,
+        sizes="fixed:8", real=real, in_run=True, interference="none",
+    )  # fmt: skip
+    assert "probe_fit" not in given and "error_probe" not in given["loads"][0]  # no probe
+
+
 def test_handoff_is_the_median_short_lane_gap():
     gaps = [0.0004] * 15 + [0.0006] * 10 + [0.05] * 40  # idle gaps are left out
     assert handoff_s(gaps, 1e-4) == 0.0004

@@ -564,6 +564,22 @@ def test_lane_gaps_are_per_lane_from_end_to_next_start():
     assert lane_gaps_s([]) == []
 
 
+def test_lane_task_context_is_the_idle_gap_and_whether_another_lane_was_busy():
+    from recsched.bench.setup import lane_task_context
+
+    ev = [  # microseconds
+        {"tid": 0, "ts": 0.0, "dur": 100.0},
+        {"tid": 1, "ts": 50.0, "dur": 500.0},  # starts while lane 0 runs
+        {"tid": 0, "ts": 400.0, "dur": 100.0},  # idle 300 us; lane 1 busy
+        {"tid": 0, "ts": 700.0, "dur": 10.0},  # idle 200 us; lane 1 done at 550
+    ]
+    ctx = lane_task_context(ev)
+    assert [c[1] for c in ctx] == [0, 1, 1, 0]
+    assert ctx[0][0] == ctx[1][0] == math.inf  # a lane's first task
+    assert ctx[2][0] == pytest.approx(300e-6) and ctx[3][0] == pytest.approx(200e-6)
+    assert lane_task_context([]) == []
+
+
 def test_profile_peak_is_the_best_batch_on_every_lane():
     from recsched.sim.run import profile_peak
 
