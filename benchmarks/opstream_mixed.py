@@ -41,7 +41,7 @@ from recsched.bench import calibrate
 from recsched.bench.setup import Setup
 from recsched.graph import build_graph
 from recsched.graph.cost import CostModel
-from recsched.sched.opstream import OpStream
+from recsched.sched.opstream import OpStream, OpStreamOptions
 from recsched.sim.fidelity import in_run_scale
 
 console = Console()
@@ -186,14 +186,7 @@ def run_model(name: str, a: argparse.Namespace) -> dict[str, Any]:
         variants += [("deeprecsched", "deeprecsched", req), ("roundrobin", "roundrobin", req)]
     # the sequential operator level with the queue in value order: what priority alone buys
     variants += [("value-order", "deeprecsched", {**req, "order": "value"})]
-    abl = ABLATIONS if not a.quick else {"opstream": {}}
-    if a.ablations:
-        abl = {v: ABLATIONS[v] for v in a.ablations.split(",")}
-    for spec in a.variant or []:  # NAME=JSON: an opstream variant with these options
-        label, _, opts = spec.partition("=")
-        abl = {**abl, label: json.loads(opts)}
-    tweak = json.loads(a.opstream_options) if a.opstream_options else {}
-    variants += [(v, "opstream", {**req, "opstream": {**tweak, **o}}) for v, o in abl.items()]
+    variants += [(v, "opstream", {**req, "opstream": o}) for v, o in opstream_variants(a).items()]
     runs: dict[str, list[dict]] = {v[0]: [] for v in variants}
     bound_cost = profile_cost(setup)
     for rep in range(a.repeats):  # interleaved, so slow drifts of a shared machine hit all
@@ -288,6 +281,19 @@ def print_table(results: list[dict]) -> None:
     console.print(t)
 
 
+def opstream_variants(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The opstream variants' options by label: the ablations asked for, then each
+    `--variant NAME=JSON`, each over `--opstream-options`."""
+    abl = ABLATIONS if not a.quick else {"opstream": {}}
+    if a.ablations:
+        abl = {v: ABLATIONS[v] for v in a.ablations.split(",")}
+    for spec in a.variant or []:  # NAME=JSON: an opstream variant with these options
+        label, _, opts = spec.partition("=")
+        abl = {**abl, label: json.loads(opts)}
+    tweak = json.loads(a.opstream_options) if a.opstream_options else {}
+    return {v: {**tweak, **o} for v, o in abl.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="rmc1,rmc2,din,dien")
@@ -321,6 +327,17 @@ def main() -> None:
     )
     ap.add_argument("--json")
     a = ap.parse_args()
+    try:  # a bad variant is refused now, not after the runs before it
+        unknown = set((a.ablations or "").split(",")) - set(ABLATIONS) - {""}
+        if unknown:
+            raise ValueError(f"unknown ablations {sorted(unknown)}; known: {list(ABLATIONS)}")
+        for label, opts in opstream_variants(a).items():
+            try:
+                OpStreamOptions.from_dict(opts)
+            except AssertionError as e:
+                raise ValueError(f"variant {label}: options {opts} out of range") from e
+    except (ValueError, TypeError) as e:
+        ap.error(str(e))
     results = [run_model(m, a) for m in a.models.split(",")]
     print_table(results)
     for r in results:
