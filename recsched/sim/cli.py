@@ -310,7 +310,8 @@ def fidelity_cmd(
             "(separates the machine's speed drift from the simulator's queueing model): once "
             "with one factor, once trace-driven (each task draws a measured ratio of its size). "
             "With loads from a probe run, also simulate every load calibrated by the probe's "
-            "lane tasks alone, before any measured run ('probe').",
+            "lane tasks alone, before any measured run ('probe'), and by a second probe run "
+            "near the top load as well ('probe2').",
         ),
     ] = False,
     host: Annotated[
@@ -399,10 +400,10 @@ def fidelity_table(r: dict) -> Table:
         t.add_column("p95 err in-run", justify="right")
         t.add_column("p95 sim traced", justify="right")
         t.add_column("p95 err traced", justify="right")
-    probe = "probe" in r
-    if probe:
-        t.add_column("p95 sim probe", justify="right")
-        t.add_column("p95 err probe", justify="right")
+    probes = [k for k in ("probe", "probe2") if k in r]
+    for k in probes:
+        t.add_column(f"p95 sim {k}", justify="right")
+        t.add_column(f"p95 err {k}", justify="right")
     for row in r["loads"]:
         cells = []
         for p in ("p50", "p95", "p99"):
@@ -412,8 +413,8 @@ def fidelity_table(r: dict) -> Table:
         if in_run:
             cells += [_num(row["sim_in_run"]["p95"]), _pct(row["error_in_run"]["p95"])]
             cells += [_num(row["sim_in_run_noise"]["p95"]), _pct(row["error_in_run_noise"]["p95"])]
-        if probe:
-            cells += [_num(row["sim_probe"]["p95"]), _pct(row["error_probe"]["p95"])]
+        for k in probes:
+            cells += [_num(row[f"sim_{k}"]["p95"]), _pct(row[f"error_{k}"]["p95"])]
         t.add_row(f"{row['qps']:,.1f}", *cells)
     w = r["max_abs_error"]
     verdict = "[green]within[/green]" if r["p95_within_goal"] else "[red]outside[/red]"
@@ -434,11 +435,12 @@ def fidelity_table(r: dict) -> Table:
             f"; trace-driven: p50 {_pct(wn['p50'])}, p95 {_pct(wn['p95'])}, "
             f"p99 {_pct(wn['p99'])} (p95 {ok} the goal)"
         )
-    if probe:
-        wp = r["probe"]["max_abs_error"]
-        ok = "within" if r["probe"]["p95_within_goal"] else "outside"
+    names = {"probe": "the probe run", "probe2": "two probe runs"}
+    for k in probes:
+        wp = r[k]["max_abs_error"]
+        ok = "within" if r[k]["p95_within_goal"] else "outside"
         t.caption += (
-            f"; calibrated by the probe run beforehand: p50 {_pct(wp['p50'])}, p95 "
+            f"; calibrated beforehand by {names[k]}: p50 {_pct(wp['p50'])}, p95 "
             f"{_pct(wp['p95'])}, p99 {_pct(wp['p99'])} (p95 {ok} the goal)"
         )
     return t

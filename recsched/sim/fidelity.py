@@ -75,6 +75,7 @@ PERCENTILES = ("p50", "p95", "p99")
 GOAL_P95 = 0.15
 DEFAULT_LOADS = (0.3, 0.6, 0.85)  # fractions of the estimated capacity
 PROBE_LOAD = 0.3  # the probe run's load, a fraction of the profile's capacity estimate
+PROBE2_LOAD = 0.75  # the second probe's (in-run calibration), a fraction of the capacity found
 LOADS_FROM = ("run", "profile")  # what the default loads are fractions of (`fidelity`)
 HANDOFF_MAX_S = 1e-3  # lane gaps shorter than this are hand-offs, longer ones idling
 HANDOFF_MIN_GAPS = 20
@@ -530,10 +531,17 @@ def fidelity(
             if host:
                 host_model = HostModel.from_run(probed, task_overhead_s)
             if in_run and probe_tasks and probe_ctx and isinstance(profile, dict):
+                probes = [(probe, probed, probe_tasks, probe_ctx, probe_gaps)]
+                q2 = round(PROBE2_LOAD * capacity["qps"], 1)
+                second = real(q2)  # the second probe, near the top load
+                t2, c2 = second.pop("lane_tasks", None), second.pop("lane_task_context", None)
+                g2 = second.pop("lane_gaps_s", None) or []
+                if t2 and c2:
+                    probes.append((q2, second, t2, c2, g2))
+                    capacity["probe2_qps"] = q2
                 probe_sims = _probe_calibrated(
                     setup, cfg, name, duration_s, profile, cost, graph_info, policy_cost,
-                    probed if host else None, probe_tasks, probe_ctx, probe_gaps,
-                    task_overhead_s,
+                    probes, task_overhead_s, host,
                 )  # fmt: skip
         qps_list = [round(f * capacity["qps"], 1) for f in DEFAULT_LOADS]
     types = types_with(host_model)
@@ -654,6 +662,27 @@ def fidelity(
     }
 
 
+def interpolate_fit(fits: Sequence[tuple[float, ProbeFit]], qps: float) -> ProbeFit:
+    """The `ProbeFit` at `qps`, each term linear in the load between (and beyond) the
+    probes' `(qps, fit)`, kept in its range (a > 0; b, idle extra >= 0; factors >= 1)."""
+    if len(fits) == 1 or fits[0][0] == fits[-1][0]:
+        return fits[0][1]
+    (q1, f1), (q2, f2) = fits[0], fits[-1]
+    t = (qps - q1) / (q2 - q1)
+
+    def lin(x1: float, x2: float, lo: float) -> float:
+        return max(lo, x1 + t * (x2 - x1))
+
+    return ProbeFit(
+        max(0.05 * min(f1.a, f2.a), f1.a + t * (f2.a - f1.a)),
+        lin(f1.b, f2.b, 0.0),
+        lin(f1.interference, f2.interference, 1.0),
+        lin(f1.idle_ratio, f2.idle_ratio, 1.0),
+        lin(f1.idle_extra_s, f2.idle_extra_s, 0.0),
+        f1.tasks + f2.tasks,
+    )
+
+
 def _probe_calibrated(
     setup: Any,
     cfg: EngineConfig,
@@ -663,44 +692,55 @@ def _probe_calibrated(
     cost: Any,
     graph_info: Any,
     policy_cost: Any,
-    probed: dict[str, Any] | None,
-    tasks: Sequence[tuple[int, float]],
-    context: Sequence[tuple[float, int]],
-    gaps: Sequence[float],
+    probes: Sequence[tuple[float, dict, Sequence, Sequence, Sequence[float]]],
     task_overhead_s: float,
+    host: bool,
 ) -> dict[str, Any]:
-    """The simulations calibrated by the probe run alone, made before any measured run:
-    "probe" (`probe_fit`: slowdown, co-run and idle terms, fixed cost, the probe's hand-off
-    and, given `probed`, its host CPU) and "probe_flat" (`in_run_fit`'s two terms, neither
-    co-run nor idle); `{"runs": {key: qps -> result}, "fit": ...}`."""
+    """The simulations calibrated by probe runs alone, made before any measured run, from
+    `probes`' `(qps, result, lane tasks, their context, lane gaps)`: "probe" (the first
+    probe's `probe_fit`: slowdown, co-run and idle terms, fixed cost, its hand-off and, with
+    `host`, its host CPU), "probe_flat" (the first probe's `in_run_fit`, neither co-run nor
+    idle) and, with a second probe, "probe2" (each load's fit interpolated in the load
+    between the two probes' fits, `interpolate_fit`: the served tasks' speed changes with
+    the run's load); `{"runs": {key: qps -> result}, "fit": ...}`."""
     idle = idle_model(profile) or IdleModel([1], [1.0], IDLE_FROM_S, IDLE_GAP_S)
-    pf = probe_fit(tasks, context, cost.whole_s, idle.weight)
+    fits = [(q, probe_fit(t, c, cost.whole_s, idle.weight)) for q, _, t, c, _ in probes]
+    _, probed, tasks, _, gaps = probes[0]
     a, b = in_run_fit(tasks, cost.whole_s)
     over = handoff_s(gaps, task_overhead_s)
-    hm = HostModel.from_run(probed, over) if probed is not None else None
+    hm = HostModel.from_run(probed, over) if host else None
     sizes = profile["batch_sizes"]
-    variants = {
-        "probe": (
-            pf.a, pf.b,
-            InterferenceModel({f"{WHOLE_CLASS}|{WHOLE_CLASS}": pf.interference}, source="probe"),
-            IdleModel(sizes, [pf.idle_ratio] * len(sizes), idle.from_s, idle.gap_s,
-                      pf.idle_extra_s),
-        ),
-        "probe_flat": (a, b, "none", None),
-    }  # fmt: skip
-    runs = {}
-    for key, (f, fixed, table, idle_m) in variants.items():
+
+    def run_fn(f: ProbeFit | None) -> Callable[[float], dict]:
+        if f is None:  # the flat fit
+            scaled, fixed, table, idle_m = a, b, "none", None
+        else:
+            scaled, fixed = f.a, f.b
+            table = InterferenceModel(
+                {f"{WHOLE_CLASS}|{WHOLE_CLASS}": f.interference}, source="probe"
+            )
+            idle_m = IdleModel(
+                sizes, [f.idle_ratio] * len(sizes), idle.from_s, idle.gap_s, f.idle_extra_s
+            )
         types = server_types(
-            cfg, make_cost(scaled_profile(profile, f), cfg.granularity, graph_info), 1,
+            cfg, make_cost(scaled_profile(profile, scaled), cfg.granularity, graph_info), 1,
             graph_info=graph_info, interference=table, task_overhead_s=over + fixed,
             policy_cost=policy_cost, idle=idle_m, host=hm,
         )  # fmt: skip
-        runs[key] = sim_run_fn(setup, cfg, name, duration_s, types=types)
+        return sim_run_fn(setup, cfg, name, duration_s, types=types)
+
+    runs: dict[str, Callable[[float], dict]] = {
+        "probe": run_fn(fits[0][1]),
+        "probe_flat": run_fn(None),
+    }
+    if len(fits) > 1:
+        runs["probe2"] = lambda q: run_fn(interpolate_fit(fits, q))(q)
     fit = {
-        **pf.to_dict(),
+        **fits[0][1].to_dict(),
         "flat": {"a": a, "b": b},
         "handoff_s": over,
         "host": hm.to_dict() if hm is not None else None,
+        **({"second": {"qps": fits[1][0], **fits[1][1].to_dict()}} if len(fits) > 1 else {}),
     }
     return {"runs": runs, "fit": fit}
 

@@ -490,6 +490,18 @@ def test_probe_fit_recovers_slowdown_corun_idle_and_fixed_cost():
     assert (few.a, few.b) == fidelity_mod.in_run_fit(flat[:2], pred)
 
 
+def test_interpolate_fit_is_linear_in_the_load_and_kept_in_range():
+    f1 = fidelity_mod.ProbeFit(1.2, 2e-4, 1.1, 1.3, 1e-4, 10)
+    f2 = fidelity_mod.ProbeFit(1.0, 1e-4, 1.0, 1.1, 0.0, 20)
+    fits = [(100.0, f1), (300.0, f2)]
+    mid = fidelity_mod.interpolate_fit(fits, 200.0)
+    assert (mid.a, mid.b, mid.interference) == pytest.approx((1.1, 1.5e-4, 1.05))
+    assert (mid.idle_ratio, mid.idle_extra_s, mid.tasks) == (pytest.approx(1.2), 5e-5, 30)
+    far = fidelity_mod.interpolate_fit(fits, 500.0)  # beyond: extrapolated, kept in range
+    assert far.a == pytest.approx(0.8) and far.b == 0.0 and far.interference == 1.0
+    assert fidelity_mod.interpolate_fit(fits[:1], 500.0) == f1  # one probe: its fit
+
+
 def test_the_probe_run_calibrates_a_simulation_made_before_the_measured_runs(profile_path):
     """With loads from a probe run and `in_run`, the probe's own lane tasks (3x the profile)
     calibrate two more simulations of every load, "probe" and "probe_flat", before any
@@ -511,14 +523,20 @@ def test_the_probe_run_calibrates_a_simulation_made_before_the_measured_runs(pro
         MODEL, prof, None, "baseline", duration_s=0.3, seed=1, sla_ms=500.0, sizes="fixed:8",
         real=real, in_run=True, interference="none",
     )  # fmt: skip
-    assert len(calls) == 4  # the probe, then the three loads
+    assert len(calls) == 5  # the probe, the second probe near the top load, the three loads
+    assert (
+        calls[1]
+        == r["capacity"]["probe2_qps"]
+        == round(fidelity_mod.PROBE2_LOAD * r["capacity"]["qps"], 1)
+    )
     fit = r["probe_fit"]
+    assert fit["second"]["qps"] == calls[1] and fit["second"]["a"] == pytest.approx(3.0)
     assert fit["a"] == pytest.approx(3.0) and fit["b"] == pytest.approx(0.0, abs=1e-12)
     assert fit["interference"] == pytest.approx(1.0) and fit["tasks"] == 10
     assert fit["flat"]["a"] == pytest.approx(3.0)
     for row in r["loads"]:
         assert "lane_task_context" not in row
-        for key in ("probe", "probe_flat"):
+        for key in ("probe", "probe_flat", "probe2"):
             assert row[f"sim_{key}"]["p50"] > 2.0 * row["sim"]["p50"]
             want = (row[f"sim_{key}"]["p95"] - 2.0) / 2.0
             assert row[f"error_{key}"]["p95"] == pytest.approx(want)
