@@ -668,19 +668,14 @@ def interpolate_fit(fits: Sequence[tuple[float, ProbeFit]], qps: float) -> Probe
     if len(fits) == 1 or fits[0][0] == fits[-1][0]:
         return fits[0][1]
     (q1, f1), (q2, f2) = fits[0], fits[-1]
-    t = (qps - q1) / (q2 - q1)
 
-    def lin(x1: float, x2: float, lo: float) -> float:
-        return max(lo, x1 + t * (x2 - x1))
+    def lin(name: str, lo: float) -> float:
+        return max(lo, _lerp([(q1, getattr(f1, name)), (q2, getattr(f2, name))], qps))
 
     return ProbeFit(
-        max(0.05 * min(f1.a, f2.a), f1.a + t * (f2.a - f1.a)),
-        lin(f1.b, f2.b, 0.0),
-        lin(f1.interference, f2.interference, 1.0),
-        lin(f1.idle_ratio, f2.idle_ratio, 1.0),
-        lin(f1.idle_extra_s, f2.idle_extra_s, 0.0),
-        f1.tasks + f2.tasks,
-    )
+        lin("a", 0.05 * min(f1.a, f2.a)), lin("b", 0.0), lin("interference", 1.0),
+        lin("idle_ratio", 1.0), lin("idle_extra_s", 0.0), f1.tasks + f2.tasks,
+    )  # fmt: skip
 
 
 def _probe_calibrated(
@@ -700,18 +695,21 @@ def _probe_calibrated(
     `probes`' `(qps, result, lane tasks, their context, lane gaps)`: "probe" (the first
     probe's `probe_fit`: slowdown, co-run and idle terms, fixed cost, its hand-off and, with
     `host`, its host CPU), "probe_flat" (the first probe's `in_run_fit`, neither co-run nor
-    idle) and, with a second probe, "probe2" (each load's fit interpolated in the load
-    between the two probes' fits, `interpolate_fit`: the served tasks' speed changes with
-    the run's load); `{"runs": {key: qps -> result}, "fit": ...}`."""
+    idle) and, with a second probe, "probe2" (each load's fit, hand-off between tasks and
+    host CPU per query interpolated in the load between the two probes', `interpolate_fit`:
+    the hand-off and the host's CPU per query fall as the load rises, rmc1's hand-off from
+    ~180 to ~60 us per task); `{"runs": {key: qps -> result}, "fit": ...}`."""
     idle = idle_model(profile) or IdleModel([1], [1.0], IDLE_FROM_S, IDLE_GAP_S)
-    fits = [(q, probe_fit(t, c, cost.whole_s, idle.weight)) for q, _, t, c, _ in probes]
-    _, probed, tasks, _, gaps = probes[0]
+    fits, overs, hosts = [], [], []
+    for q, result, t, c, g in probes:
+        fits.append((q, probe_fit(t, c, cost.whole_s, idle.weight)))
+        overs.append((q, handoff_s(g, task_overhead_s)))
+        hosts.append((q, HostModel.from_run(result, overs[-1][1]) if host else None))
+    tasks = probes[0][2]
     a, b = in_run_fit(tasks, cost.whole_s)
-    over = handoff_s(gaps, task_overhead_s)
-    hm = HostModel.from_run(probed, over) if host else None
     sizes = profile["batch_sizes"]
 
-    def run_fn(f: ProbeFit | None) -> Callable[[float], dict]:
+    def run_fn(f: ProbeFit | None, over: float, hm: HostModel | None) -> Callable[[float], dict]:
         if f is None:  # the flat fit
             scaled, fixed, table, idle_m = a, b, "none", None
         else:
@@ -729,20 +727,42 @@ def _probe_calibrated(
         )  # fmt: skip
         return sim_run_fn(setup, cfg, name, duration_s, types=types)
 
+    over1, hm1 = overs[0][1], hosts[0][1]
     runs: dict[str, Callable[[float], dict]] = {
-        "probe": run_fn(fits[0][1]),
-        "probe_flat": run_fn(None),
+        "probe": run_fn(fits[0][1], over1, hm1),
+        "probe_flat": run_fn(None, over1, hm1),
     }
+
+    def at(q: float) -> tuple[ProbeFit, float, HostModel | None]:
+        """The probes' fit, hand-off and host CPU, each interpolated to load `q`."""
+        over = max(0.0, _lerp(overs, q))
+        hm = None
+        if all(h is not None for _, h in hosts):
+            fields = ("submit_s", "complete_s", "background_s")
+            hm = HostModel(
+                **{k: max(0.0, _lerp([(p, getattr(h, k)) for p, h in hosts], q)) for k in fields},
+                cores=hosts[0][1].cores,
+            )
+        return interpolate_fit(fits, q), over, hm
+
     if len(fits) > 1:
-        runs["probe2"] = lambda q: run_fn(interpolate_fit(fits, q))(q)
-    fit = {
-        **fits[0][1].to_dict(),
-        "flat": {"a": a, "b": b},
-        "handoff_s": over,
-        "host": hm.to_dict() if hm is not None else None,
-        **({"second": {"qps": fits[1][0], **fits[1][1].to_dict()}} if len(fits) > 1 else {}),
-    }
+        runs["probe2"] = lambda q: run_fn(*at(q))(q)
+
+    def described(i: int) -> dict[str, Any]:
+        h = hosts[i][1]
+        return {"handoff_s": overs[i][1], "host": h.to_dict() if h is not None else None}
+
+    fit = {**fits[0][1].to_dict(), "flat": {"a": a, "b": b}, **described(0)}
+    if len(fits) > 1:
+        fit["second"] = {"qps": fits[1][0], **fits[1][1].to_dict(), **described(1)}
     return {"runs": runs, "fit": fit}
+
+
+def _lerp(points: Sequence[tuple[float, float]], x: float) -> float:
+    """The line through the first and last `(x, y)` of `points` at `x` (the first's y alone
+    when they share an x)."""
+    (x1, y1), (x2, y2) = points[0], points[-1]
+    return y1 if x1 == x2 else y1 + (x - x1) * (y2 - y1) / (x2 - x1)
 
 
 def _as_real(row: dict[str, Any]) -> dict[str, Any]:

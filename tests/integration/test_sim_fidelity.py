@@ -517,6 +517,8 @@ def test_the_probe_run_calibrates_a_simulation_made_before_the_measured_runs(pro
             "lane_utilization": [0.25, 0.25],
             "lane_tasks": tasks,
             "lane_task_context": [[0.0, i % 2] for i in range(len(tasks))],
+            # the hand-off between tasks falls with the load: 0.9 ms at the first probe
+            "lane_gaps_s": [0.0009 if len(calls) == 1 else 0.0001] * 30,
         }
 
     r = fidelity(
@@ -531,6 +533,9 @@ def test_the_probe_run_calibrates_a_simulation_made_before_the_measured_runs(pro
     )
     fit = r["probe_fit"]
     assert fit["second"]["qps"] == calls[1] and fit["second"]["a"] == pytest.approx(3.0)
+    assert (fit["handoff_s"], fit["second"]["handoff_s"]) == (0.0009, 0.0001)
+    top = r["loads"][-1]  # near the second probe: its smaller hand-off, a faster simulation
+    assert top["sim_probe2"]["p50"] < top["sim_probe"]["p50"]
     assert fit["a"] == pytest.approx(3.0) and fit["b"] == pytest.approx(0.0, abs=1e-12)
     assert fit["interference"] == pytest.approx(1.0) and fit["tasks"] == 10
     assert fit["flat"]["a"] == pytest.approx(3.0)
