@@ -32,12 +32,14 @@ prediction times a ratio drawn from the real tasks of its size (`ServiceNoise`):
 tasks cost more per item at small sizes than at large ones, and they spread, and a
 deterministic service time shows neither (the queueing it misses grows with the spread).
 
-With `in_run=True` and loads from a probe run, two more simulations per load are calibrated
-*before* any measured run, by the probe's lane tasks alone ("error_probe"): `probe_fit` fits
-each task's time with the terms the simulator varies by itself (a slowdown, the co-run
-slowdown when another lane is busy at the start, the slower start after idling, a fixed
-cost), so what was fitted at the probe's load carries to the others; "error_probe_flat" is
-`in_run_fit`'s two terms from the probe, for comparison.
+With `in_run=True` and loads from a probe run, three more simulations per load are
+calibrated *before* any measured run, by probe runs alone: "error_probe" by the first probe's
+lane tasks (`probe_fit` fits each task's time with the terms the simulator varies by itself: a
+slowdown, the co-run slowdown when another lane is busy at the start, the slower start after
+idling, a fixed cost; so what was fitted at the probe's load carries to the others),
+"error_probe_flat" by `in_run_fit`'s two terms from the first probe, for comparison, and
+"error_probe2" by a second probe run at `PROBE2_LOAD` of the capacity found, each load's fit,
+hand-off and host CPU taken on the line through the two probes' (`interpolate_fit`).
 """
 
 from __future__ import annotations
@@ -466,9 +468,14 @@ def fidelity(
     those errors), and "in_run_task_overhead_s" (the hand-off, `handoff_s`); and the
     trace-driven simulation: rows
     gain "sim_in_run_noise", "error_in_run_noise" and "in_run_noise" (the ratios per size
-    bin), the result "in_run_noise". It needs the sequential operator
-    policy (whole-model tasks); with an injected `real`, its results carry the tasks under
-    "lane_tasks" (a list of [items, seconds]).
+    bin), the result "in_run_noise". With loads from a probe run it also makes a second
+    probe run and adds the probe-calibrated simulations (module docstring): rows gain
+    "sim_probe"/"error_probe", "sim_probe_flat"/"error_probe_flat" and
+    "sim_probe2"/"error_probe2", the result their summaries under those keys, "probe_fit"
+    (the fits, hand-offs and host models) and "capacity"'s "probe2_qps". It needs the
+    sequential operator policy (whole-model tasks); with an injected `real`, its results
+    carry the tasks under "lane_tasks" (a list of [items, seconds]) and, for the probes,
+    their "lane_task_context" and "lane_gaps_s".
     `host=True` models the host's CPU per query beside the lanes (`recsched.sim.host`),
     calibrated by the probe run's CPU accounting for the simulation from the profile, and by
     each load's own real runs for the in-run ones; the result's "host" and rows' "in_run_host"
