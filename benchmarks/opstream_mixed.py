@@ -39,6 +39,7 @@ from rich.table import Table
 
 from recsched.bench import calibrate
 from recsched.bench.setup import Setup
+from recsched.config import EngineConfig
 from recsched.graph import build_graph
 from recsched.graph.cost import CostModel
 from recsched.sched.opstream import OpStream, OpStreamOptions
@@ -186,7 +187,9 @@ def run_model(name: str, a: argparse.Namespace) -> dict[str, Any]:
         variants += [("deeprecsched", "deeprecsched", req), ("roundrobin", "roundrobin", req)]
     # the sequential operator level with the queue in value order: what priority alone buys
     variants += [("value-order", "deeprecsched", {**req, "order": "value"})]
-    variants += [(v, "opstream", {**req, "opstream": o}) for v, o in opstream_variants(a).items()]
+    for v, o in opstream_variants(a).items():  # "engine": EngineConfig fields of the variant
+        o = dict(o)
+        variants.append((v, "opstream", {**req, **o.pop("engine", {}), "opstream": o}))
     runs: dict[str, list[dict]] = {v[0]: [] for v in variants}
     bound_cost = profile_cost(setup)
     for rep in range(a.repeats):  # interleaved, so slow drifts of a shared machine hit all
@@ -194,7 +197,7 @@ def run_model(name: str, a: argparse.Namespace) -> dict[str, Any]:
             kw = dict(over)
             if preset_name != "baseline":
                 kw.setdefault("granularity", g)
-            cfg = setup.config(preset_name, **lanes, **kw)
+            cfg = setup.config(preset_name, **{**lanes, **kw})
             ovh = Overhead()
             with ovh.patched():  # the baseline's lane tasks calibrate the bound below
                 r = setup.run_fn(cfg, label, a.duration, trace=label == "baseline")(qps)
@@ -319,7 +322,8 @@ def main() -> None:
     ap.add_argument(
         "--variant",
         action="append",
-        help='another opstream variant, NAME=JSON of its options: w_age2={"w_age": 2.0}',
+        help='another opstream variant, NAME=JSON of its options: w_age2={"w_age": 2.0}; '
+        'EngineConfig fields under "engine": {"reserved_lanes": 1, "engine": {"lanes": 3}}',
     )
     ap.add_argument(
         "--opstream-options",
@@ -332,7 +336,9 @@ def main() -> None:
         if unknown:
             raise ValueError(f"unknown ablations {sorted(unknown)}; known: {list(ABLATIONS)}")
         for label, opts in opstream_variants(a).items():
+            opts = dict(opts)
             try:
+                EngineConfig(**opts.pop("engine", {}))
                 OpStreamOptions.from_dict(opts)
             except AssertionError as e:
                 raise ValueError(f"variant {label}: options {opts} out of range") from e

@@ -41,6 +41,10 @@ class EngineConfig:
     recsched.sched.operator.SizeOrdered).
     compiled: whole-model tasks run the TorchScript forward (`ModelAdapter.compiled`), which
     runs without the GIL; False runs the eager module (for comparison and for debugging).
+    lane_nice: each CPU lane thread's nice value, in lane order (lanes past the list: 0):
+    the operating system's thread priority, so a lane at 0 beside lanes at 10 takes the cores
+    it needs while they wait, the CPU's analogue of CUDA stream priorities (with OpStream's
+    `reserved_lanes`). Below 0 needs the privilege to raise a priority.
     """
 
     request: str = "whole"
@@ -56,8 +60,12 @@ class EngineConfig:
     opstream: dict[str, Any] = field(default_factory=dict)
     compiled: bool = True
     order: str = "fifo"
+    lane_nice: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "lane_nice", tuple(int(n) for n in self.lane_nice))
+        if len(self.lane_nice) > self.lanes or not all(-20 <= n <= 19 for n in self.lane_nice):
+            raise ValueError("lane_nice: at most one nice value per CPU lane, each in -20..19")
         if self.request not in REQUEST_POLICIES:
             raise ValueError(f"unknown request policy {self.request!r}; one of {REQUEST_POLICIES}")
         if self.operator not in OPERATOR_POLICIES:

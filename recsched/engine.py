@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -183,7 +184,11 @@ class Engine:
     # -- lifecycle ---------------------------------------------------------------------
     def _make_lane(self, index: int, kind: LaneKind) -> Lane:
         if kind == "cpu":
-            return CpuLane(index, self.config.threads_per_lane, self._on_lane_done, self.clock)
+            nice = self.config.lane_nice
+            return CpuLane(
+                index, self.config.threads_per_lane, self._on_lane_done, self.clock,
+                nice=nice[index] if index < len(nice) else 0,
+            )  # fmt: skip
         from recsched.lanes.cuda import CudaLane  # pragma: no cover - needs a GPU
 
         return CudaLane(index, self._on_lane_done, self.clock)  # pragma: no cover
@@ -197,6 +202,14 @@ class Engine:
             sys.setswitchinterval(SWITCH_INTERVAL_S)
         for lane in self.lanes:
             lane.start()
+        for lane in self.lanes:  # a priority asked for and not given is said, once
+            if getattr(lane, "nice", 0) and lane.ready.wait(5.0) and lane.nice_error:
+                warnings.warn(
+                    f"lane {lane.index}: nice {lane.nice} not set ({lane.nice_error}); "
+                    "it runs at the process's priority",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         self._open = True
         self.started_s = self.clock.now()
         self._timer.start()

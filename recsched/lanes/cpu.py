@@ -9,6 +9,7 @@ sized to the cores without oversubscription.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -28,10 +29,19 @@ class CpuLane:
 
     kind: LaneKind = "cpu"
 
-    def __init__(self, index: int, threads: int, on_done: OnDone, clock: Clock | None = None):
+    def __init__(
+        self,
+        index: int,
+        threads: int,
+        on_done: OnDone,
+        clock: Clock | None = None,
+        nice: int = 0,
+    ):
         assert threads >= 1
         self.index = index
         self.threads = threads
+        self.nice = nice  # the thread's nice value (`EngineConfig.lane_nice`)
+        self.nice_error: str | None = None  # why it could not be set, if it could not
         self.on_done = on_done
         self.clock = clock or WallClock()
         self.stats = LaneStats(index, "cpu")
@@ -45,6 +55,8 @@ class CpuLane:
         self._pending: dict[int, Task] = {}
         self._lock = threading.Lock()
         self._successor: CpuLane | None = None
+        self.ready = threading.Event()  # set once the thread has its priority
+        self.native_id: int | None = None  # the OS thread id, once running
 
     def start(self) -> None:
         self._thread.start()
@@ -81,6 +93,13 @@ class CpuLane:
 
     def _run(self) -> None:
         torch.set_num_threads(self.threads)
+        self.native_id = threading.get_native_id()
+        if self.nice:
+            try:  # Linux: a thread's id is a process id to setpriority
+                os.setpriority(os.PRIO_PROCESS, self.native_id, self.nice)
+            except (OSError, AttributeError) as exc:  # no privilege, or not Linux
+                self.nice_error = f"{type(exc).__name__}: {exc}"
+        self.ready.set()
         clock = self.clock
         # one inference-mode scope for the thread's life, not one per task (~4 us each)
         with torch.inference_mode():

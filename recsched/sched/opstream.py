@@ -99,6 +99,11 @@ class OpStreamOptions:
     - `live_slack`: slack from the *remaining* critical path (least-slack-first). Off by
       default: batches that progressed would lose priority to fresh ones, and the tail grows
       (measured); the slack uses the batch's whole critical path (latest start time).
+    - `reserved_lanes`: the first this many CPU lanes take no low-value work: with
+      `EngineConfig.lane_nice` giving the others a lower thread priority (and one lane more
+      than cores), high-value work runs on a lane the operating system serves first, taking
+      a core from low-value lanes while it runs instead of waiting for a piece to end: the
+      CPU's analogue of a CUDA stream priority. 0: off.
     - `started_bonus_s`: priority added once a batch has finished an op, so a batch spread
       over lanes is joined and finished before fresh work of about the same urgency (it
       adds `started_bonus_s / (w_slack + w_age)` to the starvation bound of `priority`).
@@ -143,6 +148,7 @@ class OpStreamOptions:
     w_rank: float = 0.1
     live_slack: bool = False
     started_bonus_s: float = 5e-3
+    reserved_lanes: int = 0
     default_window_s: float = 0.05
     max_credit_s: float = 1.0
 
@@ -155,6 +161,7 @@ class OpStreamOptions:
         assert self.gate_on in ("active", "waiting"), "gate_on is active or waiting"
         assert 0 < self.piece_overhead <= 1 and 0 < self.parallel_efficiency <= 1
         assert 0 <= self.piece_efficiency <= 1, "piece_efficiency is a share (0: off)"
+        assert self.reserved_lanes >= 0, "reserved_lanes is a count of CPU lanes"
         assert 0 < self.calib_alpha <= 1 and self.w_interference >= 0 and self.cross_s >= 0
         self.weights()  # checks the priority weights
 
@@ -707,6 +714,13 @@ class OpStream(DagPolicy):
         self._rank_cache: dict[int, tuple[list[float], list[float]]] = {}
         self._raw_whole: dict[int, float] = {}
         self._cache_factor = list(self.factor)  # the factors the cached ranks were made with
+        cpu = self.lanes["cpu"]
+        if o.reserved_lanes and o.reserved_lanes >= len(cpu):
+            raise ValueError(
+                f"reserved_lanes={o.reserved_lanes} leaves none of the {len(cpu)} CPU lanes "
+                "to low-value work"
+            )
+        self.reserved = frozenset(cpu[: o.reserved_lanes])  # no low-value work on these
 
     # -- analysis ------------------------------------------------------------------------
     def new_dag(self, batch: Batch) -> BatchDag:
@@ -869,6 +883,7 @@ class OpStream(DagPolicy):
             free = [ln for ln in lanes if mon.n_inflight(ln) < depth]
             if not free:
                 break
+            open_low = any(ln not in self.reserved for ln in free)
             # several candidates only when the interference term can tell them apart
             k = 1
             if self.o.priority and self.o.interference and self.o.w_interference > 0:
@@ -880,7 +895,7 @@ class OpStream(DagPolicy):
                 dag = self.valid(e)
                 if dag is None:
                     continue
-                if not self._admissible(dag, kind):
+                if not self._admissible(dag, kind) or (dag.low and not open_low):
                     aside.append(e)
                     continue
                 cands.append(_Cand(e, dag, e[4], -e[0]))
@@ -898,14 +913,17 @@ class OpStream(DagPolicy):
             heapq.heappush(heap, e)
 
     def _place(self, cands: list[_Cand], free: list[int], now: float) -> tuple[_Cand, int]:
-        """The (candidate, lane) of highest priority minus hurt; ties keep heap order."""
-        if len(cands) == 1 and len(free) == 1:
+        """The (candidate, lane) of highest priority minus hurt; ties keep heap order; low-value
+        work never on a reserved lane (the caller leaves it a free lane it may take)."""
+        if len(cands) == 1 and len(free) == 1 and not (cands[0].dag.low and self.reserved):
             return cands[0], free[0]
         best: tuple[float, int, int] | None = None
         for ci, c in enumerate(cands):
             rows = c.dag.size - c.dag.next_row[c.op]
             d = self.op_s(c.op, rows)
             for lane in free:
+                if c.dag.low and lane in self.reserved:
+                    continue
                 score = c.prio - self.hurt(c.dag, c.op, d, lane, now)
                 if best is None or score > best[0] + 1e-12:
                     best = (score, ci, lane)

@@ -182,6 +182,30 @@ def test_low_value_work_is_gated_while_high_value_is_active(gating, low_tasks):
     assert len(more) == 3 - low_tasks
 
 
+def test_reserved_lanes_take_no_low_value_work():
+    """Three lanes, the first reserved: low-value batches take lanes 1 and 2 only, and wait
+    while those are busy though lane 0 is free; a high-value batch takes lane 0."""
+    p = OpStream(
+        ["cpu"] * 3, FakeCost([1 * MS]), SINGLE,
+        opts(splitting=False, gating=False, reserved_lanes=1, high_value=10.0),
+    )  # fmt: skip
+    for b in (1, 2, 3):
+        p.add(batch(b, value=1.0), 0.0)
+    low = p.schedule(0.0)
+    assert sorted(t.lane for t in low) == [1, 2] and p.reserved == {0}
+    assert p.schedule(0.0) == []  # batch 3 waits; lane 0 stays free
+    p.add(batch(4, value=10.0, t=0.1 * MS), 0.1 * MS)
+    (hi,) = p.schedule(0.1 * MS)
+    assert (hi.bid, hi.lane) == (4, 0)
+    p.update([done(hi, 0.1 * MS, 1.1 * MS)], 1.1 * MS)
+    assert p.schedule(1.1 * MS) == []  # lane 0 free again, still not for low-value work
+    p.update([done(low[0], 0.0, 1.2 * MS)], 1.2 * MS)
+    (nxt,) = p.schedule(1.2 * MS)
+    assert (nxt.bid, nxt.lane) == (3, low[0].lane)
+    with pytest.raises(ValueError, match="reserved_lanes"):
+        OpStream(["cpu"] * 2, FakeCost([1 * MS]), SINGLE, opts(reserved_lanes=2))
+
+
 @pytest.mark.parametrize("gate_on, low_tasks", [("active", 0), ("waiting", 2)])
 def test_gate_on_waiting_gates_only_while_high_value_work_waits(gate_on, low_tasks):
     """gate_lanes=0: under `active` low-value work waits while the high-value batch runs;
