@@ -41,10 +41,11 @@ class EngineConfig:
     recsched.sched.operator.SizeOrdered).
     compiled: whole-model tasks run the TorchScript forward (`ModelAdapter.compiled`), which
     runs without the GIL; False runs the eager module (for comparison and for debugging).
-    lane_nice: each CPU lane thread's nice value, in lane order (lanes past the list: 0):
-    the operating system's thread priority, so a lane at 0 beside lanes at 10 takes the cores
-    it needs while they wait, the CPU's analogue of CUDA stream priorities (with OpStream's
-    `reserved_lanes`). Below 0 needs the privilege to raise a priority.
+    lane_nice: each CPU lane thread's nice value (the value, not an increment), in lane order;
+    0, or a lane past the list, keeps the process's. The operating system's thread priority:
+    a lane at the process's priority beside lanes at 10 takes the cores it needs while they
+    wait, the CPU's analogue of CUDA stream priorities (with OpStream's `reserved_lanes`).
+    A value below the process's needs the privilege to raise a priority (else a warning).
     """
 
     request: str = "whole"

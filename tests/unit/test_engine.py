@@ -191,16 +191,19 @@ def test_merge_deadline_fires_after_the_timer_missed_a_later_deadline():
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "setpriority"), reason="no setpriority")
 def test_lane_nice_sets_each_lane_threads_priority_and_is_checked():
-    """`lane_nice` (0, 7): the second lane's thread runs at the process's nice + 7, the
-    first at the process's; more values than lanes, or out of range, are refused."""
+    """`lane_nice` (0, 7): the second lane's thread runs at nice 7 (a nice value, not an
+    increment), the first at the process's; more values than lanes, or out of range, are
+    refused."""
     import os
 
     base = os.getpriority(os.PRIO_PROCESS, 0)
+    if base > 7:
+        pytest.skip("the process runs below nice 7: raising a thread to it needs privilege")
     with Engine(tiny_adapter(), EngineConfig(lanes=2, lane_nice=[0, 7]), validate=False) as eng:
         for lane in eng.lanes:
             assert lane.ready.wait(5.0)
         got = [os.getpriority(os.PRIO_PROCESS, lane.native_id) for lane in eng.lanes]
-    assert got == [base, min(19, base + 7)]
+    assert got == [base, 7]
     assert EngineConfig(lanes=2, lane_nice=[3]).lane_nice == (3,)
     for bad in ([0, 1, 2], [20]):
         with pytest.raises(ValueError, match="lane_nice"):

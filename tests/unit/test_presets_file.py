@@ -22,12 +22,16 @@ def _restore_presets():
 
 
 def test_the_example_file_registers_presets_on_their_bases():
-    assert register_presets(EXAMPLE) == ["din-short", "opstream-no-pieces", "dynamic-1x2"]
+    assert register_presets(EXAMPLE) == [
+        "din-short", "opstream-no-pieces", "dynamic-1x2", "opstream-reserved"
+    ]  # fmt: skip
     c = preset("din-short")
     assert (c.request, c.batch_size, c.operator) == ("split", 64, "opstream")
     assert c.granularity == "model"
     assert c.opstream == {"gate_frac": 0.05, "split_frac": 0.1}
     assert preset("opstream-no-pieces").opstream["split_cheaper"] is False
+    r = preset("opstream-reserved")  # TOML's array arrives as the tuple the config keeps
+    assert (r.lanes, r.lane_nice, r.opstream["reserved_lanes"]) == (3, (0, 10, 10), 1)
     assert set(BUILTIN_PRESETS) <= set(PRESETS)
 
 
