@@ -255,7 +255,7 @@ class Setup:
                 ok = [i for i, e in enumerate(ev) if not e["args"].get("error")]
                 r["lane_tasks"] = [[ev[i]["args"].get("items", 0), ev[i]["dur"] * 1e-6] for i in ok]
                 r["lane_task_context"] = [list(ctx[i]) for i in ok]
-                r["lane_gaps_s"] = lane_gaps_s(ev)
+                r["lane_gaps_s"] = finite_gaps(ctx)  # every lane's gaps, errors included
             return r
 
         return run
@@ -402,41 +402,42 @@ class Setup:
 
 
 def lane_gaps_s(events: list[dict]) -> list[float]:
-    """From a lane trace's "X" events: per lane, in start order, the seconds from each task's
-    end to the next task's start (negative gaps, from clock rounding, count as 0)."""
-    by_lane: dict[Any, list[tuple[float, float]]] = {}
-    for e in events:
-        by_lane.setdefault(e.get("tid"), []).append((e["ts"], e["ts"] + e["dur"]))
-    gaps = []
-    for spans in by_lane.values():
-        spans.sort()
-        gaps += [max(0.0, (b[0] - a[1]) * 1e-6) for a, b in itertools.pairwise(spans)]
-    return gaps
+    """From a lane trace's "X" events: per lane, the seconds from each task's end to the next
+    task's start (negative gaps, from clock rounding, count as 0); in the events' order."""
+    return finite_gaps(lane_task_context(events))
+
+
+def finite_gaps(context: Sequence[tuple[float, int]]) -> list[float]:
+    """The idle gaps of `lane_task_context`'s entries, without each lane's first (inf)."""
+    return [g for g, _ in context if math.isfinite(g)]
 
 
 def lane_task_context(events: list[dict]) -> list[tuple[float, int]]:
     """For each of a lane trace's "X" events, in the given order: (seconds its lane sat idle
-    before it, inf for a lane's first task; 1 if a task on another lane was running when it
-    started, else 0), what a task's time depends on beside its size (`IdleModel`, the
+    before it, at least 0, inf for a lane's first task; 1 if a task on another lane was running
+    when it started, else 0), what a task's time depends on beside its size (`IdleModel`, the
     interference table)."""
     spans = [(e.get("tid"), e["ts"], e["ts"] + e["dur"]) for e in events]
-    by_lane: dict[Any, list[tuple[float, float]]] = {}
-    for lane, start, end in spans:
-        by_lane.setdefault(lane, []).append((start, end))
-    starts = {}
-    for lane, ss in by_lane.items():
-        ss.sort()
-        starts[lane] = [a for a, _ in ss]
+    by_lane: dict[Any, list[int]] = {}
+    for i, (lane, _, _) in enumerate(spans):
+        by_lane.setdefault(lane, []).append(i)
+    idle = [math.inf] * len(spans)
+    starts: dict[Any, list[float]] = {}
+    ends: dict[Any, list[float]] = {}
+    for lane, idx in by_lane.items():
+        idx.sort(key=lambda i: spans[i][1:])  # start order (then end)
+        for a, b in itertools.pairwise(idx):
+            idle[b] = max(0.0, (spans[b][1] - spans[a][2]) * 1e-6)
+        starts[lane] = [spans[i][1] for i in idx]
+        ends[lane] = [spans[i][2] for i in idx]
     out = []
-    for lane, start, _ in spans:
-        own, j = by_lane[lane], bisect.bisect_left(starts[lane], start)
-        idle = math.inf if j == 0 else max(0.0, (start - own[j - 1][1]) * 1e-6)
+    for i, (lane, start, _) in enumerate(spans):
         other = 0
-        for ln, ss in by_lane.items():  # the last task started before it on each other lane
+        for ln in by_lane:  # the last task started before it on each other lane
             k = bisect.bisect_left(starts[ln], start) - 1
-            if ln != lane and k >= 0 and ss[k][1] > start:
+            if ln != lane and k >= 0 and ends[ln][k] > start:
                 other = 1
-        out.append((idle, other))
+        out.append((idle[i], other))
     return out
 
 

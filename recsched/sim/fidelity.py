@@ -527,9 +527,7 @@ def fidelity(
         if loads_from == "run":
             probe = round(PROBE_LOAD * cap, 1)
             probed = real(probe)
-            probe_tasks = probed.pop("lane_tasks", None)
-            probe_ctx = probed.pop("lane_task_context", None)
-            probe_gaps = probed.pop("lane_gaps_s", None) or []
+            probe_tasks, probe_ctx, probe_gaps = _take_trace(probed)
             by_lanes, by_cpu = run_capacity_qps(probed, cfg.lanes), cpu_capacity_qps(probed)
             found = [q for q in (by_lanes, by_cpu) if q is not None]
             if found:
@@ -541,8 +539,7 @@ def fidelity(
                 probes = [(probe, probed, probe_tasks, probe_ctx, probe_gaps)]
                 q2 = round(PROBE2_LOAD * capacity["qps"], 1)
                 second = real(q2)  # the second probe, near the top load
-                t2, c2 = second.pop("lane_tasks", None), second.pop("lane_task_context", None)
-                g2 = second.pop("lane_gaps_s", None) or []
+                t2, c2, g2 = _take_trace(second)
                 if t2 and c2:
                     probes.append((q2, second, t2, c2, g2))
                     capacity["probe2_qps"] = q2
@@ -573,9 +570,7 @@ def fidelity(
 
     def real_and_scale(q: float) -> dict:
         r = real(q)
-        tasks = r.pop("lane_tasks", None)
-        gaps = r.pop("lane_gaps_s", None) or []
-        r.pop("lane_task_context", None)
+        tasks, _, gaps = _take_trace(r)
         if in_run:
             if not tasks:
                 raise ValueError("in-run calibration needs the real run's lane tasks")
@@ -770,6 +765,14 @@ def _lerp(points: Sequence[tuple[float, float]], x: float) -> float:
     when they share an x)."""
     (x1, y1), (x2, y2) = points[0], points[-1]
     return y1 if x1 == x2 else y1 + (x - x1) * (y2 - y1) / (x2 - x1)
+
+
+def _take_trace(result: dict[str, Any]) -> tuple[list | None, list | None, list[float]]:
+    """A traced real run's lane records, taken out of its result (they are not reported):
+    its lane tasks, their context and its lane gaps (`Setup.run_fn` with `trace`)."""
+    tasks = result.pop("lane_tasks", None)
+    context = result.pop("lane_task_context", None)
+    return tasks, context, result.pop("lane_gaps_s", None) or []
 
 
 def _as_real(row: dict[str, Any]) -> dict[str, Any]:
