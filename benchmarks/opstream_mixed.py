@@ -187,9 +187,8 @@ def run_model(name: str, a: argparse.Namespace) -> dict[str, Any]:
         variants += [("deeprecsched", "deeprecsched", req), ("roundrobin", "roundrobin", req)]
     # the sequential operator level with the queue in value order: what priority alone buys
     variants += [("value-order", "deeprecsched", {**req, "order": "value"})]
-    for v, o in opstream_variants(a).items():  # "engine": EngineConfig fields of the variant
-        o = dict(o)
-        variants.append((v, "opstream", {**req, **o.pop("engine", {}), "opstream": o}))
+    for v, (engine, o) in opstream_variants(a).items():
+        variants.append((v, "opstream", {**req, **engine, "opstream": o}))
     runs: dict[str, list[dict]] = {v[0]: [] for v in variants}
     bound_cost = profile_cost(setup)
     for rep in range(a.repeats):  # interleaved, so slow drifts of a shared machine hit all
@@ -284,9 +283,10 @@ def print_table(results: list[dict]) -> None:
     console.print(t)
 
 
-def opstream_variants(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """The opstream variants' options by label: the ablations asked for, then each
-    `--variant NAME=JSON`, each over `--opstream-options`."""
+def opstream_variants(a: argparse.Namespace) -> dict[str, tuple[dict, dict[str, Any]]]:
+    """The opstream variants by label, each `(EngineConfig fields, OpStream options)`: the
+    ablations asked for, then each `--variant NAME=JSON` (its EngineConfig fields under
+    "engine"), the options over `--opstream-options`."""
     abl = ABLATIONS if not a.quick else {"opstream": {}}
     if a.ablations:
         abl = {v: ABLATIONS[v] for v in a.ablations.split(",")}
@@ -294,7 +294,11 @@ def opstream_variants(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
         label, _, opts = spec.partition("=")
         abl = {**abl, label: json.loads(opts)}
     tweak = json.loads(a.opstream_options) if a.opstream_options else {}
-    return {v: {**tweak, **o} for v, o in abl.items()}
+    out = {}
+    for v, o in abl.items():
+        o = {**tweak, **o}
+        out[v] = (o.pop("engine", {}), o)
+    return out
 
 
 def main() -> None:
@@ -335,10 +339,9 @@ def main() -> None:
         unknown = set((a.ablations or "").split(",")) - set(ABLATIONS) - {""}
         if unknown:
             raise ValueError(f"unknown ablations {sorted(unknown)}; known: {list(ABLATIONS)}")
-        for label, opts in opstream_variants(a).items():
-            opts = dict(opts)
+        for label, (engine, opts) in opstream_variants(a).items():
             try:
-                EngineConfig(**opts.pop("engine", {}))
+                EngineConfig(**engine)
                 OpStreamOptions.from_dict(opts)
             except AssertionError as e:
                 raise ValueError(f"variant {label}: options {opts} out of range") from e
